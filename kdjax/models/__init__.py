@@ -1,0 +1,10 @@
+"""Flax linen models with named intermediate features, and their registry."""
+
+from kdjax.models._cnn1d import CNN1D as CNN1D
+from kdjax.models._cnn1d import Conv1D as Conv1D
+from kdjax.models._cnn1d import conv1d_im2col as conv1d_im2col
+from kdjax.models._mlp import MLP as MLP
+from kdjax.models._registry import MODELS as MODELS
+from kdjax.models._registry import apply_with_features as apply_with_features
+from kdjax.models._registry import count_params as count_params
+from kdjax.models._registry import get_model as get_model
