@@ -1,0 +1,30 @@
+"""Distillation losses: pure functions of arrays, one value per example unless batch-level.
+
+Per-example losses (``soft_target_kl``, ``cross_entropy``, ``hinton_kd``, ``dkd``,
+``hint``, ``attention_transfer``) return ``[B]``; average them once, in the step.
+Batch-level losses (``dist``, ``similarity_preserving``, ``rkd_distance``,
+``rkd_angle``, ``pkt``, ``weight_matching``) return a scalar for the batch.
+``make_objective`` composes named, weighted terms for the trainer.
+"""
+
+from kdjax.losses._compose import LossInputs as LossInputs
+from kdjax.losses._compose import Objective as Objective
+from kdjax.losses._compose import TERMS as TERMS
+from kdjax.losses._compose import make_objective as make_objective
+from kdjax.losses._compose import term_keywords as term_keywords
+from kdjax.losses._features import Projector as Projector
+from kdjax.losses._features import attention_transfer as attention_transfer
+from kdjax.losses._features import hint as hint
+from kdjax.losses._kd import cross_entropy as cross_entropy
+from kdjax.losses._kd import dist as dist
+from kdjax.losses._kd import dkd as dkd
+from kdjax.losses._kd import hinton_kd as hinton_kd
+from kdjax.losses._kd import soft_target_kl as soft_target_kl
+from kdjax.losses._kd import soft_target_kl_with_log_targets as soft_target_kl_with_log_targets
+from kdjax.losses._relational import pkt as pkt
+from kdjax.losses._relational import rkd_angle as rkd_angle
+from kdjax.losses._relational import rkd_distance as rkd_distance
+from kdjax.losses._relational import similarity_preserving as similarity_preserving
+from kdjax.losses._weights import flatten_params as flatten_params
+from kdjax.losses._weights import init_from_teacher as init_from_teacher
+from kdjax.losses._weights import weight_matching as weight_matching

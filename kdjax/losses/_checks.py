@@ -1,0 +1,84 @@
+"""Trace-time argument checks shared by the loss modules (private)."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_floating(name: str, fn: str, x: Any) -> jax.Array:
+  """Returns ``x`` as an array, raising ``TypeError`` unless it has a float dtype."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"{fn}: {name} must have a floating dtype, got {x.dtype} "
+                    f"(shape {x.shape}); cast integer logits/features explicitly")
+  return x
+
+
+def check_integer(name: str, fn: str, x: Any) -> jax.Array:
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    raise TypeError(f"{fn}: {name} must have an integer dtype (class indices), got "
+                    f"{x.dtype} (shape {x.shape})")
+  return x
+
+
+def check_same_shape(fn: str, name_a: str, a: jax.Array, name_b: str, b: jax.Array) -> None:
+  if a.shape != b.shape:
+    raise ValueError(f"{fn}: {name_a} and {name_b} must have the same shape (no silent "
+                     f"broadcasting), got {name_a}.shape={a.shape} and {name_b}.shape={b.shape}")
+
+
+def check_min_rank(fn: str, name: str, x: jax.Array, rank: int) -> None:
+  if x.ndim < rank:
+    raise ValueError(f"{fn}: {name} must have rank >= {rank}, got shape {x.shape}")
+
+
+def check_same_batch(fn: str, name_a: str, a: jax.Array, name_b: str, b: jax.Array) -> None:
+  check_min_rank(fn, name_a, a, 1)
+  check_min_rank(fn, name_b, b, 1)
+  if a.shape[0] != b.shape[0]:
+    raise ValueError(f"{fn}: {name_a} and {name_b} must have the same batch size, got "
+                     f"{name_a}.shape={a.shape} and {name_b}.shape={b.shape}")
+
+
+def check_positive(fn: str, name: str, value: Any) -> None:
+  """Raises ``ValueError`` if a concrete ``value`` is <= 0 (traced values are not checked)."""
+  if isinstance(value, jax.core.Tracer):
+    return
+  v = np.asarray(value)
+  if v.size and not np.all(v > 0):
+    raise ValueError(f"{fn}: {name} must be > 0, got {value!r}")
+
+
+def check_where(fn: str, where: Any, shape: tuple[int, ...], what: str) -> jax.Array:
+  """Checks a boolean mask broadcastable to ``shape``."""
+  where = jnp.asarray(where)
+  if where.dtype != jnp.bool_:
+    raise TypeError(f"{fn}: where must be a boolean mask, got dtype {where.dtype}")
+  try:
+    out = jnp.broadcast_shapes(where.shape, shape)
+  except ValueError:
+    out = None
+  if out != tuple(shape):
+    raise ValueError(f"{fn}: where (shape {where.shape}) must broadcast to {what} "
+                     f"(shape {tuple(shape)})")
+  return jnp.broadcast_to(where, shape)
+
+
+def compute_dtype(*arrays: jax.Array) -> jnp.dtype:
+  """float32, or float64 when any input is float64: low-precision inputs are upcast."""
+  return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
+
+
+def safe_norm(x: jax.Array, axis: int | tuple[int, ...] = -1, keepdims: bool = False) -> jax.Array:
+  """L2 norm whose gradient at 0 is 0 instead of NaN."""
+  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=keepdims)
+  pos = sq > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+  """``x / max(||x||, eps)`` (``torch.nn.functional.normalize``), NaN-free gradient at 0."""
+  return x / jnp.maximum(safe_norm(x, axis=axis, keepdims=True), eps)
