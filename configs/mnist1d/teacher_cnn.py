@@ -1,0 +1,22 @@
+"""MNIST-1D CNN teacher (the paper's ConvBase, 5,210 parameters), cross-entropy.
+
+Launch:
+  kdjax train --config configs/mnist1d/teacher_cnn.py --workdir runs/teacher_cnn
+  kdjax train --config configs/mnist1d/teacher_cnn.py:smoke --workdir /tmp/t   # seconds
+Expected: 92.0 +- 1.4 % test accuracy over seeds (Adam 1e-2, batch 100, 6,000 steps);
+the MNIST-1D paper reports about 94%.
+"""
+
+from kdjax.training import default_config
+
+
+def get_config(arg: str | None = None):
+  c = default_config()
+  c.model.name = "cnn1d"
+  c.losses = {"cross_entropy": {"weight": 1.0}}
+  c.optimizer.learning_rate = 1e-2
+  c.num_steps = 6000
+  if arg == "smoke":
+    c.batch_size = 80  # divisible by the 8 virtual test devices
+    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+  return c

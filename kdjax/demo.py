@@ -1,0 +1,145 @@
+"""``kdjax demo``: the MNIST-1D story end to end on a CPU, in a few minutes.
+
+Stages (each a normal ``kdjax train`` run in ``WORKDIR/<stage>/seed<k>``, reused when
+its ``summary.json`` is complete):
+
+1. ``teacher_cnn``: the CNN teacher on the 4,000 labelled inputs.
+2. ``mlp``: the MLP 40-100-100-10 alone.
+3. ``kd_labelled``: the MLP distilled from the teacher on the labelled inputs only.
+4. ``kd_transfer``: the MLP distilled from the teacher on a 100,000-input generated
+   transfer set (the run that shows what distillation can do).
+
+Then ``report.md``, ``report.json`` and ``accuracy.png`` (test accuracy over training).
+"""
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from kdjax.configs import load_config
+
+
+def _stage_config(path: str, arg: str | None, seed: int, **overrides: Any) -> ml_collections.ConfigDict:
+  config = load_config(path, arg)
+  config.seed = seed
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def run_stage(name: str, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+  """Trains unless ``workdir/summary.json`` already records a finished run."""
+  from kdjax.training import train_and_evaluate
+
+  summary_path = workdir / "summary.json"
+  if summary_path.exists():
+    summary = json.loads(summary_path.read_text())
+    if summary.get("steps") == config.num_steps:
+      print(f"[{name}] reusing {workdir} (test accuracy {summary['test']['accuracy']:.4f})")
+      return summary
+  print(f"[{name}] training in {workdir} ...", flush=True)
+  summary = train_and_evaluate(config, str(workdir))
+  print(f"[{name}] test accuracy {summary['test']['accuracy']:.4f} in {summary['wall_s']:.0f}s",
+        flush=True)
+  return summary
+
+
+def demo_stages(root: pathlib.Path, seed: int, fusion: bool) -> list[tuple[str, str, ml_collections.ConfigDict, pathlib.Path]]:
+  """``(stage, description, config, workdir)`` in dependency order for one seed."""
+  d = lambda stage: root / stage / f"seed{seed}"  # noqa: E731
+  teacher = str(d("teacher_cnn"))
+  stages = [
+      ("teacher_cnn", "CNN teacher (labelled 4k)",
+       _stage_config("mnist1d/teacher_cnn.py", None, seed), d("teacher_cnn")),
+      ("mlp", "MLP alone (labelled 4k)",
+       _stage_config("mnist1d/mlp.py", None, seed), d("mlp")),
+      ("kd_labelled", "MLP <- CNN, KD on labelled 4k",
+       _stage_config("mnist1d/kd_cnn_to_mlp.py", "labelled", seed, **{"teacher.workdir": teacher}),
+       d("kd_labelled")),
+      ("kd_transfer", "MLP <- CNN, KD + 100k transfer",
+       _stage_config("mnist1d/kd_cnn_to_mlp.py", None, seed, **{"teacher.workdir": teacher}),
+       d("kd_transfer")),
+  ]
+  if fusion:
+    from kdjax.demo_fusion import fusion_stages
+    stages += fusion_stages(root, seed)
+  return stages
+
+
+def _accuracy_curve(workdir: pathlib.Path) -> tuple[list[int], list[float]]:
+  steps, accs = [], []
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "test/accuracy" in record:
+      steps.append(record["step"])
+      accs.append(record["test/accuracy"])
+  return steps, accs
+
+
+def write_report(root: pathlib.Path, rows: list[dict], curves: dict[str, tuple]) -> None:
+  """``report.json``, ``report.md`` and ``accuracy.png`` in ``root``."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  (root / "report.json").write_text(json.dumps(rows, indent=2))
+  lines = ["| stage | model | test accuracy (%) | test NLL | parameters | wall time (s) | seeds |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['stage']} | {r['description']} | {r['accuracy_mean']:.1f} +- "
+                 f"{r['accuracy_std']:.1f} | {r['nll_mean']:.3f} | {r['params']:,} | "
+                 f"{r['wall_s_mean']:.1f} | {r['seeds']} |")
+  table = "\n".join(lines)
+  (root / "report.md").write_text("# kdjax demo: MNIST-1D\n\n" + table + "\n\n![test accuracy](accuracy.png)\n")
+  print("\n" + table)
+
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for stage, (steps, accs) in curves.items():
+    ax.plot(steps, np.asarray(accs) * 100, marker="o", ms=3, label=stage)
+  ax.set_xscale("log")
+  ax.set_xlabel("training step")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title("MNIST-1D: teacher, student alone, distilled students (seed 0)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(root / "accuracy.png", dpi=120)
+  plt.close(fig)
+
+
+def run_demo(workdir: str, *, seeds: int = 1, fusion: bool = True) -> list[dict]:
+  """Runs every stage for ``seeds`` seeds and writes the report; returns its rows."""
+  root = pathlib.Path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  start = time.time()
+  results: dict[str, list[dict]] = {}
+  descriptions: dict[str, str] = {}
+  curves = {}
+  for seed in range(seeds):
+    for stage, description, config, stage_dir in demo_stages(root, seed, fusion):
+      results.setdefault(stage, []).append(run_stage(stage, config, stage_dir))
+      descriptions[stage] = description
+      if seed == 0 and (stage_dir / "metrics.jsonl").exists():
+        curves[stage] = _accuracy_curve(stage_dir)
+  rows = []
+  for stage, summaries in results.items():
+    acc = np.array([s["test"]["accuracy"] for s in summaries]) * 100
+    rows.append({
+        "stage": stage, "description": descriptions[stage], "seeds": len(summaries),
+        "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+        "accuracies": acc.tolist(),
+        "nll_mean": float(np.mean([s["test"]["nll"] for s in summaries])),
+        "params": summaries[0].get("params", 0),
+        "wall_s_mean": float(np.mean([s["wall_s"] for s in summaries])),
+    })
+  write_report(root, rows, curves)
+  print(f"\nreport: {root / 'report.md'}  (total {time.time() - start:.0f}s)")
+  return rows

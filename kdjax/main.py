@@ -1,0 +1,86 @@
+"""The ``kdjax`` command line: ``kdjax train | demo | fuse``.
+
+  kdjax train --config configs/mnist1d/teacher_cnn.py --workdir runs/teacher
+  kdjax train --config configs/mnist1d/kd_cnn_to_mlp.py --workdir runs/kd \
+      --config.teacher.workdir=runs/teacher
+  kdjax demo --workdir runs/demo
+  kdjax fuse --config configs/mnist1d/fuse_cnn5.py --workdir runs/fuse
+
+Any config field can be overridden with ``--config.FIELD=VALUE``; a misspelt field is
+a one-line error (set ``KDJAX_TRACEBACK=1`` to see tracebacks of run-time errors). Binaries are thin: the work happens in importable functions.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "demo", "fuse")
+_USAGE = f"usage: kdjax {{{'|'.join(COMMANDS)}}} [--config FILE[:ARG]] --workdir DIR [--config.FIELD=VALUE ...]"
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path.py` or `path.py:arg`.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "demo: number of seeds per stage.")
+_FUSION = flags.DEFINE_bool("fusion", True, "demo: include the ensemble and fusion stage.")
+
+
+class _OneLineError(Exception):
+  """An error the CLI prints as one line, without a traceback."""
+
+
+def _main(argv, command: str) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; {_USAGE}")
+  if not _WORKDIR.value:
+    raise app.UsageError(f"--workdir is required; {_USAGE}")
+  if command == "train":
+    if _CONFIG.value is None:
+      raise app.UsageError(f"kdjax train needs --config; {_USAGE}")
+    from kdjax.training import train_and_evaluate
+    summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    print(f"test accuracy {summary['test']['accuracy']:.4f}  nll {summary['test']['nll']:.4f}  "
+          f"steps {summary['steps']}  wall {summary['wall_s']:.1f}s  -> {_WORKDIR.value}/summary.json")
+  elif command == "demo":
+    from kdjax.demo import run_demo
+    run_demo(_WORKDIR.value, seeds=_SEEDS.value, fusion=_FUSION.value)
+  elif command == "fuse":
+    if _CONFIG.value is None:
+      raise app.UsageError(f"kdjax fuse needs --config; {_USAGE}")
+    from kdjax.fuse import run_fuse
+    run_fuse(_CONFIG.value, _WORKDIR.value)
+
+
+def run(argv: list[str] | None = None) -> None:
+  """Console-script entry point."""
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    got = argv[1] if len(argv) > 1 else "nothing"
+    sys.exit(f"kdjax: unknown command {got!r}; {_USAGE}")
+  command = argv.pop(1)
+  logging.set_verbosity(logging.WARNING)
+
+  def main(args):
+    try:
+      _main(args, command)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+      if os.environ.get("KDJAX_TRACEBACK"):
+        raise
+      sys.exit(f"kdjax {command}: error: {type(e).__name__}: {_one_line(e)}")
+
+  def parse_flags(args):
+    try:
+      return flags.FLAGS(args)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+      sys.exit(f"kdjax {command}: config error: {_one_line(e)}")
+
+  app.run(main, argv=argv, flags_parser=parse_flags)
+
+
+def _one_line(error: BaseException) -> str:
+  text = str(error).replace("\\n", " ").replace("\\'", "'").strip().strip("'\"")
+  return " ".join(text.split())
+
+
+if __name__ == "__main__":
+  run()

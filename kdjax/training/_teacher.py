@@ -1,0 +1,133 @@
+"""Frozen teachers restored from their workdirs: one model, or an ensemble of groups.
+
+A teacher workdir is any finished (or checkpointed) ``kdjax train`` run: its
+``config.json`` rebuilds the model, its latest checkpoint gives the params. Teachers
+of one architecture are stacked (a leading member axis) and run as one call.
+"""
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from kdjax.models import get_model
+from kdjax.training._checkpoint import load_params
+
+
+def model_from_config(model_config: dict, num_classes: int) -> nn.Module:
+  """``get_model(name, num_classes=..., **other fields)`` from a ``config.model`` dict."""
+  fields = dict(model_config)
+  name = fields.pop("name")
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+  return get_model(name, num_classes=num_classes, **fields)
+
+
+def load_run(workdir: str | pathlib.Path) -> tuple[nn.Module, Any, dict]:
+  """``(model, params, run_info)`` of a trained run.
+
+  Raises:
+    FileNotFoundError: if the workdir, its ``run.json`` or a checkpoint is missing.
+  """
+  path = pathlib.Path(workdir)
+  if not path.is_dir():
+    raise FileNotFoundError(f"Teacher workdir {str(workdir)!r} does not exist")
+  info_path = path / "run.json"
+  if not info_path.exists():
+    raise FileNotFoundError(f"{info_path} is missing: {str(workdir)!r} is not a kdjax run")
+  info = json.loads(info_path.read_text())
+  model = model_from_config(info["model"], info["num_classes"])
+  return model, load_params(path), info
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherGroup:
+  """Members of one architecture: ``params`` leaves carry a leading member axis."""
+
+  model: nn.Module
+  params: Any
+  workdirs: tuple[str, ...]
+
+  @property
+  def size(self) -> int:
+    return len(self.workdirs)
+
+
+def parse_workdirs(spec: str | tuple | list) -> list[str]:
+  """Teacher workdirs from a comma-separated string (CLI friendly) or a sequence."""
+  items = spec.split(",") if isinstance(spec, str) else list(spec)
+  return [s.strip() for s in items if s and s.strip()]
+
+
+def load_teachers(spec, *, num_classes: int) -> list[TeacherGroup]:
+  """Loads every teacher workdir and stacks members by architecture.
+
+  Raises:
+    ValueError: if no workdir is given, or a teacher's number of classes differs
+      from ``num_classes`` (the student's).
+  """
+  from kdjax import ensemble
+
+  workdirs = parse_workdirs(spec)
+  if not workdirs:
+    raise ValueError("The objective needs a teacher but config.teacher.workdir is empty; "
+                     "pass --config.teacher.workdir=DIR (comma-separate several for an ensemble)")
+  groups: dict[str, list] = {}
+  for workdir in workdirs:
+    model, params, info = load_run(workdir)
+    if info["num_classes"] != num_classes:
+      raise ValueError(f"Teacher {workdir!r} predicts {info['num_classes']} classes but the "
+                       f"student has {num_classes}")
+    key = json.dumps(info["model"], sort_keys=True)
+    groups.setdefault(key, []).append((model, params, workdir))
+  return [TeacherGroup(model=members[0][0],
+                       params=ensemble.stack([m[1] for m in members]),
+                       workdirs=tuple(m[2] for m in members))
+          for members in groups.values()]
+
+
+def single_teacher(groups: list[TeacherGroup]) -> tuple[nn.Module, Any]:
+  """The one teacher's ``(model, params)``; an error for ensembles."""
+  if len(groups) != 1 or groups[0].size != 1:
+    raise ValueError("Feature- and weight-based losses need a single teacher; got an ensemble of "
+                     f"{sum(g.size for g in groups)} members")
+  group = groups[0]
+  return group.model, jax.tree.map(lambda leaf: leaf[0], group.params)
+
+
+def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, fusion: str = "prob",
+                      weights=None, batch_size: int = 4096) -> np.ndarray:
+  """Teacher outputs for all of ``x``, ``[N, C]``: the logits of a single teacher, or
+  the fused log-probabilities of an ensemble (``kdjax.fusion.average``/``weighted``
+  in space ``fusion``). Used to cache teacher targets once before training."""
+  from kdjax import ensemble, fusion
+
+  outputs = []
+  for start in range(0, len(x), batch_size):
+    xb = jax.numpy.asarray(x[start:start + batch_size])
+    member_logits = jax.numpy.concatenate([
+        ensemble.apply(lambda p, xx, m=g.model: m.apply({"params": p}, xx), g.params, xb)
+        for g in groups])
+    if member_logits.shape[0] == 1:
+      fused = member_logits[0]
+    elif weights:
+      fused = fusion.weighted(member_logits, jax.numpy.asarray(weights), space=fusion_space(fusion))
+    else:
+      fused = fusion.average(member_logits, space=fusion_space(fusion))
+    outputs.append(np.asarray(fused))
+  return np.concatenate(outputs)
+
+
+def fusion_space(name: str) -> str:
+  known = ("prob", "logit", "log_prob")
+  if name not in known:
+    raise ValueError(f"Unknown teacher fusion {name!r}; known: {list(known)}")
+  return name
+
+
+def config_to_dict(config: ml_collections.ConfigDict | dict) -> dict:
+  return config.to_dict() if hasattr(config, "to_dict") else dict(config)

@@ -1,0 +1,157 @@
+"""Trainer: data parallelism, resume after SIGKILL, teachers, clear errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from kdjax.configs import load_config
+from kdjax.training import load_params, train_and_evaluate
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def smoke(path: str, arg: str = "smoke", **overrides):
+  config = load_config(path, arg)
+  config.progress_bar = False
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def assert_trees_close(a, b, **tol):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol), a, b)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("teacher")
+  summary = train_and_evaluate(smoke("mnist1d/teacher_cnn.py", num_steps=60), str(workdir))
+  assert summary["steps"] == 60
+  return workdir
+
+
+def test_eight_devices_equal_one_device(tmp_path):
+  runs = {}
+  for n in (1, 8):
+    config = smoke("mnist1d/teacher_cnn.py", num_devices=n, num_steps=20)
+    summary = train_and_evaluate(config, str(tmp_path / f"d{n}"))
+    assert summary["devices"] == n
+    losses = [json.loads(l)["train/loss"] for l in (tmp_path / f"d{n}/metrics.jsonl").read_text().splitlines()]
+    runs[n] = (losses, load_params(tmp_path / f"d{n}"), summary)
+  np.testing.assert_allclose(runs[1][0], runs[8][0], rtol=1e-5)
+  assert_trees_close(runs[1][1], runs[8][1], rtol=1e-4, atol=1e-6)
+  assert abs(runs[1][2]["test"]["nll"] - runs[8][2]["test"]["nll"]) < 1e-4
+
+
+def test_summary_metrics_and_checkpoints(teacher_dir):
+  summary = json.loads((teacher_dir / "summary.json").read_text())
+  assert set(summary["test"]) == {"accuracy", "nll"} and summary["params"] == 5210
+  assert summary["test"]["accuracy"] > 0.3  # 60 steps already beat chance (0.1)
+  records = [json.loads(l) for l in (teacher_dir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
+  assert "test/accuracy" in records[1] and "train/grad_norm" in records[0]
+  assert sorted(p.name for p in (teacher_dir / "checkpoints").iterdir()) == ["40", "60"]
+
+
+def test_kd_with_cached_teacher_and_transfer_set(teacher_dir, tmp_path):
+  config = smoke("mnist1d/kd_cnn_to_mlp.py", **{"teacher.workdir": str(teacher_dir)})
+  summary = train_and_evaluate(config, str(tmp_path / "kd"))
+  teacher = json.loads((teacher_dir / "summary.json").read_text())
+  assert summary["teacher_test"]["accuracy"] == pytest.approx(teacher["test"]["accuracy"], abs=1e-6)
+  record = json.loads((tmp_path / "kd/metrics.jsonl").read_text().splitlines()[-1])
+  assert "train/teacher_agreement" in record and "train/accuracy" not in record  # unlabelled
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+  args = ["--config", str(REPO / "configs/mnist1d/mlp.py:smoke"), "--config.num_steps=3000",
+          "--config.log_every=10", "--config.eval_every=1000", "--config.checkpoint_every=100",
+          "--config.progress_bar=False"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  cmd = [sys.executable, "-m", "kdjax.main", "train"]
+  subprocess.run(cmd + args + ["--workdir", str(tmp_path / "full")], check=True, env=env,
+                 capture_output=True)
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(cmd + args + ["--workdir", str(killed)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    steps = [int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit()] if (killed / "checkpoints").exists() else []
+    if steps and max(steps) >= 300:
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "summary.json").exists()
+  subprocess.run(cmd + args + ["--workdir", str(killed)], check=True, env=env, capture_output=True)
+  summary = json.loads((killed / "summary.json").read_text())
+  assert 300 <= summary["resumed_from"] < 3000
+  assert_trees_close(load_params(tmp_path / "full"), load_params(killed), rtol=0, atol=0)
+  steps = [json.loads(l)["step"] for l in (killed / "metrics.jsonl").read_text().splitlines()]
+  assert steps == list(range(10, 3001, 10))  # no step logged twice or lost
+
+
+def test_missing_teacher_workdir_is_a_clear_error(tmp_path):
+  config = smoke("mnist1d/kd_cnn_to_mlp.py", **{"teacher.workdir": str(tmp_path / "nope")})
+  with pytest.raises(FileNotFoundError, match="Teacher workdir .*nope' does not exist"):
+    train_and_evaluate(config, str(tmp_path / "kd"))
+  config = smoke("mnist1d/kd_cnn_to_mlp.py")
+  with pytest.raises(ValueError, match="config.teacher.workdir is empty"):
+    train_and_evaluate(config, str(tmp_path / "kd"))
+
+
+def test_teacher_with_other_number_of_classes_is_a_clear_error(teacher_dir, tmp_path):
+  import shutil
+  other = tmp_path / "teacher5"
+  shutil.copytree(teacher_dir, other)
+  info = json.loads((other / "run.json").read_text())
+  (other / "run.json").write_text(json.dumps({**info, "num_classes": 5}))
+  config = smoke("mnist1d/kd_cnn_to_mlp.py", **{"teacher.workdir": str(other)})
+  with pytest.raises(ValueError, match="predicts 5 classes but the student has 10"):
+    train_and_evaluate(config, str(tmp_path / "kd"))
+
+
+def run_cli(*args, tmp_path):
+  return subprocess.run([sys.executable, "-m", "kdjax.main", *args], capture_output=True, text=True,
+                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+
+
+def test_cli_config_typo_is_a_one_line_error(tmp_path):
+  result = run_cli("train", "--config", str(REPO / "configs/mnist1d/mlp.py:smoke"),
+                   "--workdir", str(tmp_path / "w"), "--config.optimizer.learnig_rate=0.1",
+                   tmp_path=tmp_path)
+  assert result.returncode != 0
+  assert "learnig_rate" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_cli_unknown_command_and_missing_teacher(tmp_path):
+  result = run_cli("trian", tmp_path=tmp_path)
+  assert result.returncode != 0 and "unknown command 'trian'" in result.stderr
+  result = run_cli("train", "--config", str(REPO / "configs/mnist1d/kd_cnn_to_mlp.py:smoke"),
+                   "--workdir", str(tmp_path / "w"), f"--config.teacher.workdir={tmp_path}/missing",
+                   tmp_path=tmp_path)
+  assert result.returncode == 1
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert lines[-1].startswith("kdjax train: error: FileNotFoundError: Teacher workdir")
+
+
+def test_bad_config_values(tmp_path):
+  with pytest.raises(ValueError, match="eval_every=15 must be a positive multiple of log_every=10"):
+    train_and_evaluate(smoke("mnist1d/mlp.py", eval_every=15), str(tmp_path / "a"))
+  with pytest.raises(ValueError, match="batch_size=80 is not divisible by 3 devices"):
+    train_and_evaluate(smoke("mnist1d/mlp.py", num_devices=3), str(tmp_path / "b"))
+  with pytest.raises(ValueError, match="Unknown model 'mlpp'"):
+    train_and_evaluate(smoke("mnist1d/mlp.py", **{"model.name": "mlpp"}), str(tmp_path / "c"))
