@@ -27,9 +27,10 @@ class DeepFusion(nn.Module):
     ``c_m [C]`` (init 0) on its logits;
   * ``fuse_w``: :func:`kdjax.fusion.weighted` in ``space`` with ``w = softmax(v)`` (init
     uniform);
-  * optional residual MLP (``hidden`` non-empty) on the concatenated member
-    log-probabilities ``[B, M*C]`` and optional member features ``[B, F]``; its last layer
-    is zero-initialised, so an untrained module equals :func:`kdjax.fusion.average`.
+  * optional residual MLP (``hidden`` non-empty) on the concatenated recalibrated member
+    log-probabilities ``[B, M*C]`` (clipped at ``log_prob_floor`` and scaled to
+    ``[-1, 0]``) and optional member features ``[B, F]``; its last layer is
+    zero-initialised, so an untrained module equals :func:`kdjax.fusion.average`.
 
   Returns fused **log-probabilities** ``[B, C]`` (usable as logits).
   """
@@ -38,6 +39,7 @@ class DeepFusion(nn.Module):
   num_classes: int
   space: str = "prob"
   hidden: Sequence[int] = ()
+  log_prob_floor: float = -10.0  # MLP inputs: max(log p, floor) / -floor, in [-1, 0]
 
   @nn.compact
   def __call__(self, member_logits: jax.Array, features: jax.Array | None = None) -> jax.Array:
@@ -53,7 +55,10 @@ class DeepFusion(nn.Module):
     fused = _combine(z, jnp.log(w), w, self.space)
     if not self.hidden:
       return fused
-    h = jax.nn.log_softmax(member_logits, axis=-1).transpose(1, 0, 2).reshape(-1, m * c)
+    # The MLP sees the recalibrated members (after the affine), whose log-probs are tame even
+    # when a raw member is very overconfident.
+    h = jnp.maximum(jax.nn.log_softmax(z, axis=-1), self.log_prob_floor) / -self.log_prob_floor
+    h = h.transpose(1, 0, 2).reshape(-1, m * c)
     if features is not None:
       h = jnp.concatenate([h, features.reshape(features.shape[0], -1)], axis=-1)
     for i, width in enumerate(self.hidden):
@@ -115,8 +120,8 @@ def _train_masked(module, init_params, member_logits, features, labels, masks, *
 
 def fit_deep_fusion(member_logits: jax.Array, labels: jax.Array, *, folds: int = 5,
                     features: jax.Array | None = None, space: str = "prob",
-                    hidden: Sequence[int] = (), steps: int = 300, learning_rate: float = 0.02,
-                    weight_decay: float = 1e-4, seed: int = 0) -> DeepFusionFit:
+                    hidden: Sequence[int] = (), steps: int = 200, learning_rate: float = 0.02,
+                    weight_decay: float = 1e-2, seed: int = 0) -> DeepFusionFit:
   """Fits :class:`DeepFusion` on held-out member predictions with K-fold cross-fitting.
 
   The examples are shuffled (``seed``) and split into ``folds`` parts. Fold model ``k``
@@ -135,7 +140,10 @@ def fit_deep_fusion(member_logits: jax.Array, labels: jax.Array, *, folds: int =
     hidden: widths of the residual MLP (empty: affine per member + weights only).
     steps: Adam steps per model.
     learning_rate: Adam learning rate.
-    weight_decay: L2 penalty on all params.
+    weight_decay: L2 penalty on all params (it shrinks the residual MLP to zero, member
+      scales towards 0 and the weights towards uniform). On a 600-example synthetic task
+      1e-4 let a 16-unit residual MLP overfit label noise (out-of-fold NLL 1.6-5.2 vs 1.0
+      with 1e-2); keep it strong on small held-out sets.
     seed: seeds the fold split and the init.
 
   Returns:
