@@ -1,0 +1,244 @@
+"""Feature and relational losses against float64 NumPy references (official code transcribed)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax import losses
+
+
+# ---------------------------------------------------------------- float64 NumPy references
+def ref_hint(s, t):
+  return np.mean((s - t).reshape(s.shape[0], -1) ** 2, axis=1)
+
+
+def _normalize(x, eps=1e-12):  # torch.nn.functional.normalize(x, dim=-1)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def ref_attention_transfer(s, t, p=2):
+  """RepDistiller ``Attention.at_loss`` per example (channels last here)."""
+  at = lambda f: _normalize((np.abs(f) ** p).mean(-1).reshape(f.shape[0], -1))
+  return np.mean((at(s) - at(t)) ** 2, axis=1)
+
+
+def ref_similarity_preserving(s, t):
+  b = s.shape[0]
+  s, t = s.reshape(b, -1), t.reshape(b, -1)
+  gs, gt = _normalize(s @ s.T), _normalize(t @ t.T)
+  return np.sum((gt - gs) ** 2) / b**2
+
+
+def _smooth_l1(x):
+  return np.where(np.abs(x) < 1, 0.5 * x**2, np.abs(x) - 0.5)
+
+
+def _pdist(e, eps=1e-12):
+  sq = (e**2).sum(1)
+  d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * e @ e.T, eps))
+  d[np.arange(len(e)), np.arange(len(e))] = 0
+  return d
+
+
+def ref_rkd_distance(s, t):
+  b = s.shape[0]
+  td, sd = _pdist(t.reshape(b, -1)), _pdist(s.reshape(b, -1))
+  td, sd = td / td[td > 0].mean(), sd / sd[sd > 0].mean()
+  return np.mean(_smooth_l1(sd - td))
+
+
+def ref_rkd_angle(s, t):
+  def angles(e):
+    e = e.reshape(e.shape[0], -1)
+    n = _normalize(e[None, :, :] - e[:, None, :])
+    return np.einsum("ijd,ikd->ijk", n, n).ravel()
+  return np.mean(_smooth_l1(angles(s) - angles(t)))
+
+
+def ref_pkt(s, t, eps=1e-7):
+  def probs(e):
+    e = e.reshape(e.shape[0], -1)
+    e = e / (np.linalg.norm(e, axis=1, keepdims=True) + eps)
+    k = (e @ e.T + 1) / 2
+    return k / k.sum(1, keepdims=True)
+  ps, pt = probs(s), probs(t)
+  return np.mean(pt * np.log((pt + eps) / (ps + eps)))
+
+
+def _x(shape, seed):
+  return np.random.default_rng(seed).normal(size=shape)
+
+
+# name -> (jax fn, numpy ref, [(student shape, teacher shape)], batch-level?)
+CASES = {
+    "hint": (losses.hint, ref_hint, [((4, 6), (4, 6)), ((3, 5, 2), (3, 5, 2)),
+                                      ((2, 3, 3, 4), (2, 3, 3, 4))], False),
+    "attention_transfer": (losses.attention_transfer, ref_attention_transfer,
+                           [((3, 6, 2), (3, 6, 4)), ((2, 3, 4, 3), (2, 3, 4, 5))], False),
+    "attention_transfer_p4": (lambda s, t: losses.attention_transfer(s, t, p=4),
+                              lambda s, t: ref_attention_transfer(s, t, p=4),
+                              [((3, 6, 2), (3, 6, 4))], False),
+    "similarity_preserving": (losses.similarity_preserving, ref_similarity_preserving,
+                              [((6, 5), (6, 3)), ((5, 2, 3), (5, 4))], True),
+    "rkd_distance": (losses.rkd_distance, ref_rkd_distance,
+                     [((6, 5), (6, 3)), ((5, 2, 3), (5, 4))], True),
+    "rkd_angle": (losses.rkd_angle, ref_rkd_angle, [((6, 5), (6, 3)), ((5, 2, 3), (5, 4))], True),
+    "pkt": (losses.pkt, ref_pkt, [((6, 5), (6, 3)), ((5, 2, 3), (5, 4))], True),
+}
+JITTED = {name: jax.jit(c[0]) for name, c in CASES.items()}
+RELATIONAL = [n for n, c in CASES.items() if c[3]]
+
+
+def _weighted_sum(fn):
+  def f(s, t):
+    out = fn(s, t)
+    return jnp.sum(out * jnp.arange(1.0, 1 + out.size, dtype=out.dtype).reshape(out.shape))
+  return f
+
+
+GRADS = {name: jax.jit(jax.grad(_weighted_sum(c[0]), argnums=(0, 1))) for name, c in CASES.items()}
+
+
+def numeric_grad(f, x, eps=1e-6):
+  g = np.zeros_like(x)
+  for i in np.ndindex(x.shape):
+    d = np.zeros_like(x)
+    d[i] = eps
+    g[i] = (f(x + d) - f(x - d)) / (2 * eps)
+  return g
+
+
+@pytest.mark.parametrize("name,shapes", [(n, sh) for n, c in CASES.items() for sh in c[2]])
+def test_matches_float64_reference_under_jit(name, shapes):
+  _, ref, _, batch_level = CASES[name]
+  s, t = _x(shapes[0], 0), _x(shapes[1], 1)
+  got = JITTED[name](jnp.float32(s), jnp.float32(t))
+  assert got.dtype == jnp.float32
+  assert got.shape == (() if batch_level else (s.shape[0],))
+  np.testing.assert_allclose(got, ref(s, t), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradients_match_float64_finite_differences(name):
+  _, ref, shapes, _ = CASES[name]
+  s, t = _x(shapes[0][0], 2), _x(shapes[0][1], 3)
+  weights = np.arange(1.0, 1 + np.size(ref(s, t)))
+  ref_sum = lambda s, t: np.sum(weights * np.ravel(ref(s, t)))
+  with jax.enable_x64(True):
+    gs, gt = GRADS[name](jnp.asarray(s), jnp.asarray(t))
+  np.testing.assert_allclose(gs, numeric_grad(lambda x: ref_sum(x, t), s), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(gt, numeric_grad(lambda x: ref_sum(s, x), t), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_vmap_equals_loop(name):
+  _, _, shapes, _ = CASES[name]
+  s, t = jnp.float32(_x((3, *shapes[0][0]), 4)), jnp.float32(_x((3, *shapes[0][1]), 5))
+  got = jax.jit(jax.vmap(CASES[name][0]))(s, t)
+  want = jnp.stack([JITTED[name](s[k], t[k]) for k in range(3)])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", RELATIONAL)
+def test_relational_where_equals_slicing_rows(name):
+  fn = CASES[name][0]
+  s, t = jnp.float32(_x((7, 5), 6)), jnp.float32(_x((7, 3), 7))
+  keep = np.array([True, False, True, True, True, False, True])
+  got = jax.jit(lambda s, t, w: fn(s, t, where=w))(s, t, jnp.asarray(keep))
+  np.testing.assert_allclose(got, JITTED[name](s[keep], t[keep]), rtol=1e-5, atol=1e-7)
+  grads = jax.jit(jax.grad(lambda s: fn(s, t, where=jnp.asarray(keep))))(s)
+  assert np.all(np.isfinite(grads))
+  np.testing.assert_array_equal(grads[~keep], 0.0)
+
+
+def test_hint_where_equals_slicing():
+  s, t = jnp.float32(_x((4, 6), 8)), jnp.float32(_x((4, 6), 9))
+  keep = np.array([True, True, False, True, False, True])
+  got = jax.jit(lambda s, t, w: losses.hint(s, t, where=w))(s, t, jnp.asarray(keep))
+  np.testing.assert_allclose(got, ref_hint(np.asarray(s)[:, keep], np.asarray(t)[:, keep]),
+                             rtol=1e-5)
+  np.testing.assert_array_equal(losses.hint(s, t, where=jnp.zeros((4, 6), bool)), 0.0)
+
+
+@pytest.mark.parametrize("name,transform", [
+    ("similarity_preserving", lambda f: 3.0 * f),
+    ("rkd_distance", lambda f: 5.0 * f + 2.0),
+    ("rkd_angle", lambda f: 0.5 * f - 1.0),
+    ("pkt", lambda f: 4.0 * f),
+])
+def test_relational_invariances(name, transform):
+  """Each relational loss is 0 when the teacher is an invariance-preserving map of the student."""
+  f = jnp.float32(_x((6, 4), 10))
+  assert abs(float(JITTED[name](f, transform(f)))) < 1e-5
+  assert float(JITTED[name](f, jnp.float32(_x((6, 4), 11)))) > 1e-3
+
+
+@pytest.mark.parametrize("name", RELATIONAL + ["attention_transfer"])
+def test_degenerate_features_give_finite_grads(name):
+  """Duplicate rows (zero distances) and all-zero examples must not produce NaN."""
+  s = jnp.float32(_x((5, 3, 4), 12)).at[1].set(0.0).at[3].set(jnp.float32(_x((3, 4), 12))[0])
+  s = s.at[4].set(s[2])
+  t = jnp.float32(_x((5, 3, 4), 13))
+  grads = jax.jit(jax.grad(lambda s: jnp.sum(CASES[name][0](s, t))))(s)
+  assert np.all(np.isfinite(grads))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bfloat16_inputs(name):
+  _, ref, shapes, _ = CASES[name]
+  s, t = _x(shapes[0][0], 14), _x(shapes[0][1], 15)
+  got = JITTED[name](jnp.bfloat16(s), jnp.bfloat16(t))
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, ref(s, t), rtol=5e-2, atol=5e-3)
+
+
+# ----------------------------------------------------------------------------- Projector
+@pytest.mark.parametrize("kind,student_shape,target_shape", [
+    ("dense", (4, 10), (6,)),
+    ("dense", (4, 5, 3), (2, 7)),
+    ("conv", (4, 5, 3), (5, 8)),
+    ("conv", (2, 3, 3, 4), (3, 3, 6)),
+])
+@pytest.mark.parametrize("norm", [None, "layer"])
+def test_projector_maps_to_teacher_shape(kind, student_shape, target_shape, norm):
+  proj = losses.Projector(target_shape=target_shape, kind=kind, norm=norm)
+  x = jnp.float32(_x(student_shape, 16))
+  params = proj.init(jax.random.key(0), x)["params"]
+  y = proj.apply({"params": params}, x)
+  assert y.shape == (student_shape[0], *target_shape)
+  assert ("norm" in params) == (norm == "layer")
+  if kind == "conv":  # a 1x1 conv: each position only sees its own channels
+    y2 = proj.apply({"params": params}, x.at[:, 0].set(0.0))
+    np.testing.assert_array_equal(y2[:, 1:], y[:, 1:])
+
+
+# ------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: losses.hint(jnp.zeros((4, 6)), jnp.zeros((4, 5))), ValueError,
+     r"student_features.shape=\(4, 6\) and teacher_features.shape=\(4, 5\)"),
+    (lambda: losses.hint(jnp.zeros((4, 6), jnp.int32), jnp.zeros((4, 6))), TypeError,
+     "student_features must have a floating dtype"),
+    (lambda: losses.hint(jnp.zeros((4, 6)), jnp.zeros((4, 6)), where=jnp.ones((4, 5), bool)),
+     ValueError, "where"),
+    (lambda: losses.attention_transfer(jnp.zeros((2, 4, 4, 3)), jnp.zeros((2, 2, 2, 3))),
+     ValueError, r"same batch and spatial dims.*\(2, 4, 4, 3\).*\(2, 2, 2, 3\)"),
+    (lambda: losses.attention_transfer(jnp.zeros((2, 4)), jnp.zeros((2, 4))), ValueError,
+     r"\[B, H, W, C\] or \[B, L, C\]"),
+    (lambda: losses.attention_transfer(jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3)), p=0),
+     ValueError, "p must be > 0"),
+    (lambda: losses.similarity_preserving(jnp.zeros((4, 3)), jnp.zeros((5, 3))), ValueError,
+     "same batch size"),
+    (lambda: losses.rkd_distance(jnp.zeros((4,)), jnp.zeros((4,))), ValueError, "rank >= 2"),
+    (lambda: losses.rkd_angle(jnp.zeros((4, 3)), jnp.zeros((4, 3), jnp.int32)), TypeError,
+     "teacher_features must have a floating dtype"),
+    (lambda: losses.pkt(jnp.zeros((4, 3)), jnp.zeros((4, 3)), where=jnp.ones((3,), bool)),
+     ValueError, "where"),
+    (lambda: losses.Projector((4, 5), kind="conv").init(jax.random.key(0), jnp.zeros((2, 3, 6))),
+     ValueError, "1x1 conv keeps the spatial dims"),
+    (lambda: losses.Projector((4,), kind="mlp").init(jax.random.key(0), jnp.zeros((2, 3))),
+     ValueError, "unknown kind 'mlp'"),
+])
+def test_bad_input_errors(call, exc, match):
+  with pytest.raises(exc, match=match):
+    call()
