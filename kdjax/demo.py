@@ -8,6 +8,9 @@ its ``summary.json`` is complete):
 3. ``kd_labelled``: the MLP distilled from the teacher on the labelled inputs only.
 4. ``kd_transfer``: the MLP distilled from the teacher on a 100,000-input generated
    transfer set (the run that shows what distillation can do).
+5. (``fusion=True``) five CNN members on 3,500 examples, their fusion fitted on the 500
+   held out (``kdjax fuse``), and the MLP distilled from the probability-averaged
+   ensemble (:mod:`kdjax.demo_fusion`).
 
 Then ``report.md``, ``report.json`` and ``accuracy.png`` (test accuracy over training).
 """
@@ -23,7 +26,10 @@ import numpy as np
 from kdjax.configs import load_config
 
 
-def _stage_config(path: str, arg: str | None, seed: int, **overrides: Any) -> ml_collections.ConfigDict:
+def _stage_config(path: str, arg: str | None, seed: int, smoke: bool = False,
+                  **overrides: Any) -> ml_collections.ConfigDict:
+  if smoke:  # every config has a "smoke" variant that runs in seconds
+    arg = "smoke" if arg is None else f"{arg},smoke"
   config = load_config(path, arg)
   config.seed = seed
   for key, value in overrides.items():
@@ -52,25 +58,25 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: pathlib.Pat
   return summary
 
 
-def demo_stages(root: pathlib.Path, seed: int, fusion: bool) -> list[tuple[str, str, ml_collections.ConfigDict, pathlib.Path]]:
+def demo_stages(root: pathlib.Path, seed: int, fusion: bool, smoke: bool = False) -> list[tuple[str, str, ml_collections.ConfigDict, pathlib.Path]]:
   """``(stage, description, config, workdir)`` in dependency order for one seed."""
   d = lambda stage: root / stage / f"seed{seed}"  # noqa: E731
   teacher = str(d("teacher_cnn"))
   stages = [
       ("teacher_cnn", "CNN teacher (labelled 4k)",
-       _stage_config("mnist1d/teacher_cnn.py", None, seed), d("teacher_cnn")),
+       _stage_config("mnist1d/teacher_cnn.py", None, seed, smoke), d("teacher_cnn")),
       ("mlp", "MLP alone (labelled 4k)",
-       _stage_config("mnist1d/mlp.py", None, seed), d("mlp")),
+       _stage_config("mnist1d/mlp.py", None, seed, smoke), d("mlp")),
       ("kd_labelled", "MLP <- CNN, KD on labelled 4k",
-       _stage_config("mnist1d/kd_cnn_to_mlp.py", "labelled", seed, **{"teacher.workdir": teacher}),
+       _stage_config("mnist1d/kd_cnn_to_mlp.py", "labelled", seed, smoke, **{"teacher.workdir": teacher}),
        d("kd_labelled")),
       ("kd_transfer", "MLP <- CNN, KD + 100k transfer",
-       _stage_config("mnist1d/kd_cnn_to_mlp.py", None, seed, **{"teacher.workdir": teacher}),
+       _stage_config("mnist1d/kd_cnn_to_mlp.py", None, seed, smoke, **{"teacher.workdir": teacher}),
        d("kd_transfer")),
   ]
   if fusion:
     from kdjax.demo_fusion import fusion_stages
-    stages += fusion_stages(root, seed)
+    stages += fusion_stages(root, seed, smoke)
   return stages
 
 
@@ -115,8 +121,10 @@ def write_report(root: pathlib.Path, rows: list[dict], curves: dict[str, tuple])
   plt.close(fig)
 
 
-def run_demo(workdir: str, *, seeds: int = 1, fusion: bool = True) -> list[dict]:
-  """Runs every stage for ``seeds`` seeds and writes the report; returns its rows."""
+def run_demo(workdir: str, *, seeds: int = 1, fusion: bool = True, smoke: bool = False) -> list[dict]:
+  """Runs every stage for ``seeds`` seeds and writes the report; returns its rows.
+
+  ``smoke=True`` runs every stage's ``smoke`` config variant (seconds, for tests)."""
   root = pathlib.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   start = time.time()
@@ -124,11 +132,16 @@ def run_demo(workdir: str, *, seeds: int = 1, fusion: bool = True) -> list[dict]
   descriptions: dict[str, str] = {}
   curves = {}
   for seed in range(seeds):
-    for stage, description, config, stage_dir in demo_stages(root, seed, fusion):
+    for stage, description, config, stage_dir in demo_stages(root, seed, fusion, smoke):
       results.setdefault(stage, []).append(run_stage(stage, config, stage_dir))
       descriptions[stage] = description
-      if seed == 0 and (stage_dir / "metrics.jsonl").exists():
+      if seed == 0 and (stage_dir / "metrics.jsonl").exists() and not stage.startswith("member"):
         curves[stage] = _accuracy_curve(stage_dir)
+    if fusion:
+      from kdjax.demo_fusion import fusion_results
+      for stage, (description, summary) in fusion_results(root, seed, smoke).items():
+        results.setdefault(stage, []).append(summary)
+        descriptions[stage] = description
   rows = []
   for stage, summaries in results.items():
     acc = np.array([s["test"]["accuracy"] for s in summaries]) * 100

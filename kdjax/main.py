@@ -23,6 +23,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path.py
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "demo: number of seeds per stage.")
 _FUSION = flags.DEFINE_bool("fusion", True, "demo: include the ensemble and fusion stage.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "demo: run every stage's smoke config (seconds).")
 
 
 class _OneLineError(Exception):
@@ -43,7 +44,7 @@ def _main(argv, command: str) -> None:
           f"steps {summary['steps']}  wall {summary['wall_s']:.1f}s  -> {_WORKDIR.value}/summary.json")
   elif command == "demo":
     from kdjax.demo import run_demo
-    run_demo(_WORKDIR.value, seeds=_SEEDS.value, fusion=_FUSION.value)
+    run_demo(_WORKDIR.value, seeds=_SEEDS.value, fusion=_FUSION.value, smoke=_SMOKE.value)
   elif command == "fuse":
     if _CONFIG.value is None:
       raise app.UsageError(f"kdjax fuse needs --config; {_USAGE}")

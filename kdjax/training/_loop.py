@@ -110,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   teacher_apply, teacher_params, teacher_cache, teacher_test = None, None, None, None
   if objective.needs_teacher:
     groups = load_teachers(config.teacher.workdir, num_classes=num_classes)
-    test_targets = teacher_log_probs(groups, splits["test"]["x"], fusion=config.teacher.fusion,
+    test_targets = teacher_log_probs(groups, splits["test"]["x"], space=config.teacher.fusion,
                                      weights=config.teacher.weights)
     teacher_test = {"accuracy": float(metrics.accuracy(test_targets, splits["test"]["y"])),
                     "nll": float(metrics.nll(test_targets, splits["test"]["y"])),
@@ -121,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       teacher_apply = lambda p, x: apply_with_features(t_model, p, x)  # noqa: E731
       teacher_params = jax.device_put(t_params, replicated)
     else:
-      teacher_cache = teacher_log_probs(groups, train_x, fusion=config.teacher.fusion,
+      teacher_cache = teacher_log_probs(groups, train_x, space=config.teacher.fusion,
                                         weights=config.teacher.weights)
 
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -177,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch["teacher_logits"] = teacher_cache[idx]
     return kd_data.shard_batch(batch, mesh, batch_axis=1)
 
-  bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=not config.progress_bar,
+  bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=None if config.progress_bar else True,  # None: off when not a TTY
                   desc=workdir.name, dynamic_ncols=True, leave=False)
   step = start_step
   while step < config.num_steps:

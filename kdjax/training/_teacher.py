@@ -99,11 +99,11 @@ def single_teacher(groups: list[TeacherGroup]) -> tuple[nn.Module, Any]:
   return group.model, jax.tree.map(lambda leaf: leaf[0], group.params)
 
 
-def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, fusion: str = "prob",
+def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, space: str = "prob",
                       weights=None, batch_size: int = 4096) -> np.ndarray:
   """Teacher outputs for all of ``x``, ``[N, C]``: the logits of a single teacher, or
   the fused log-probabilities of an ensemble (``kdjax.fusion.average``/``weighted``
-  in space ``fusion``). Used to cache teacher targets once before training."""
+  in ``space``). Used to cache teacher targets once before training."""
   from kdjax import ensemble, fusion
 
   outputs = []
@@ -115,9 +115,9 @@ def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, fusion: str 
     if member_logits.shape[0] == 1:
       fused = member_logits[0]
     elif weights:
-      fused = fusion.weighted(member_logits, jax.numpy.asarray(weights), space=fusion_space(fusion))
+      fused = fusion.weighted(member_logits, jax.numpy.asarray(weights), space=fusion_space(space))
     else:
-      fused = fusion.average(member_logits, space=fusion_space(fusion))
+      fused = fusion.average(member_logits, space=fusion_space(space))
     outputs.append(np.asarray(fused))
   return np.concatenate(outputs)
 

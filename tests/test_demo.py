@@ -1,0 +1,51 @@
+"""End-to-end smoke tests of `kdjax demo` (with its fusion stage) and `kdjax fuse`."""
+
+import json
+
+import pytest
+
+from kdjax.demo import run_demo
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("demo")
+  rows = run_demo(str(root), seeds=1, fusion=True, smoke=True)
+  return root, rows
+
+
+def test_demo_writes_report_table_and_plot(demo_dir):
+  root, rows = demo_dir
+  stages = [r["stage"] for r in rows]
+  for stage in ("teacher_cnn", "mlp", "kd_labelled", "kd_transfer", "kd_ensemble",
+                "ensemble_average", "ensemble_fitted", "ensemble_deep"):
+    assert stage in stages
+  report = json.loads((root / "report.json").read_text())
+  assert report == rows
+  assert all(0.0 <= r["accuracy_mean"] <= 100.0 for r in rows)
+  md = (root / "report.md").read_text()
+  assert "| kd_transfer |" in md and "accuracy.png" in md
+  assert (root / "accuracy.png").stat().st_size > 10_000
+
+
+def test_demo_fuse_report(demo_dir):
+  root, _ = demo_dir
+  report = json.loads((root / "fuse/seed0/report.json").read_text())
+  assert report["num_members"] == 5
+  rows = report["test"]
+  for key in ("average (prob)", "average (logit)", "average (log_prob)", "fitted weights (nll)",
+              "fitted weights (random)", "deep fusion"):
+    assert 0.0 <= rows[key]["accuracy"] <= 1.0 and rows[key]["nll"] > 0
+  assert any(k.startswith("uniform soup") for k in rows)
+  assert any(k.startswith("greedy soup") for k in rows)
+  weights = report["fitted_weights"]["nll"]
+  assert len(weights) == 5 and abs(sum(weights) - 1) < 1e-3
+  assert (root / "fuse/seed0/reliability.png").exists()
+
+
+def test_demo_rerun_reuses_finished_stages(demo_dir, capsys):
+  root, rows = demo_dir
+  again = run_demo(str(root), seeds=1, fusion=False, smoke=True)
+  out = capsys.readouterr().out
+  assert out.count("reusing") == 4 and "training in" not in out
+  assert [r["accuracy_mean"] for r in again] == [r["accuracy_mean"] for r in rows[:4]]
