@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.losses import _checks
 
@@ -230,7 +231,7 @@ def hinton_kd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.
   """
   fn = "hinton_kd"
   soft = soft_target_kl(student_logits, teacher_logits, temperature=temperature)
-  concrete_one = not isinstance(alpha, jax.core.Tracer) and jnp.all(jnp.asarray(alpha) == 1)
+  concrete_one = not isinstance(alpha, jax.core.Tracer) and bool(np.all(np.asarray(alpha) == 1))
   if labels is None:
     if not concrete_one:
       raise ValueError(f"{fn}: labels is None, which is only allowed when alpha == 1 (pure "
