@@ -145,11 +145,11 @@ _AUTO_BY_BACKEND = {"cpu": "map"}  # measured; other backends default to "vmap"
 def choose_strategy(apply_fn: ApplyFn, stacked_params: Any, x: Any) -> str:
   """The strategy ``"auto"`` picks for these arguments.
 
-  On the CPU, ``"map"``: in ``benchmarks/ensemble_speed.py`` (M = 1..8, batch 1000, MLP
-  40-100-100-10 and the im2col CNN1D) it was the fastest or tied with every layer type,
-  1.0-1.2x a Python loop of jitted members, while ``"vmap"`` fell to 0.7-0.9x from M = 4
-  (batched 3-D matmuls for the im2col convs; native convs would become grouped convs, which
-  kdjax's NOTES measured 6x slower than a loop). ``lax.map`` runs each member's unbatched
+  On the CPU, ``"map"``: in ``benchmarks/ensemble_speed.py`` (M = 1, 2, 4, 8, batch 1000,
+  MLP 40-100-100-10 and the im2col CNN1D, two runs) it was the fastest or tied for both
+  layer types, 1.0-1.27x a Python loop of jitted members (medians), while ``"vmap"`` fell
+  to 0.58-0.93x from M = 4 (batched 3-D matmuls for the im2col convs; native convs would
+  become grouped convs, which kdjax's NOTES measured 6x slower than a loop). ``lax.map`` runs each member's unbatched
   program inside one XLA call, so it keeps the loop's kernels without its dispatches.
   On GPU/TPU, ``"vmap"`` (one wide kernel per layer; not measured in this repository).
 

@@ -74,7 +74,7 @@ def test_prob_space_is_stable_for_huge_logits():
 def test_gradients(space):
   z = _logits(m=3, b=4, c=5, scale=1.0, seed=5)
   w = jnp.asarray([0.2, 0.5, 0.3])
-  check_grads(lambda z: fusion.average(z, space=space), (z,), order=1, modes=["rev"],
+  check_grads(jax.jit(lambda z: fusion.average(z, space=space)), (z,), order=1, modes=["rev"],
               atol=1e-2, rtol=1e-2)
   # jit: finite differences move the weights off the simplex, which only eager calls check.
   check_grads(jax.jit(lambda z, w: fusion.weighted(z, w, space=space)), (z, w), order=1,

@@ -53,12 +53,12 @@ def test_search_methods_find_planted_member(planted, method, metric):
 def test_fit_temperature_recovers_scale(planted):
   z, y = planted
   hot = z * 3.0  # every member 3x overconfident: the best temperature is about 3
-  fw = fusion.fit_weights(hot, y, method="nll", fit_temperature=True, steps=400,
-                          learning_rate=0.05)
+  fw = fusion.fit_weights(hot, y, method="nll", fit_temperature=True, steps=200,
+                          learning_rate=0.1)
   assert 2.5 < float(fw.temperature) < 3.5
   assert np.asarray(fw.weights)[PLANTED] >= 0.9
   fw_grid = fusion.fit_weights(hot, y, method="grid", resolution=4, fit_temperature=True,
-                               steps=400, learning_rate=0.05)
+                               steps=200, learning_rate=0.1)
   assert 2.5 < float(fw_grid.temperature) < 3.5
 
 

@@ -94,6 +94,14 @@ def _l2(params):
   return sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
 
 
+@jax.jit
+def _out_of_fold(all_folds, fold_of, labels):
+  """``(log_probs [B, C], nll, accuracy)`` of each example under the model that held it out."""
+  oof = jnp.take_along_axis(all_folds, fold_of[None, :, None], axis=0)[0]
+  nll = -jnp.mean(jnp.take_along_axis(oof, labels[:, None], axis=-1))
+  return oof, nll, jnp.mean(jnp.argmax(oof, axis=-1) == labels)
+
+
 @functools.partial(jax.jit, static_argnames=("module", "steps", "learning_rate", "weight_decay"))
 def _train_masked(module, init_params, member_logits, features, labels, masks, *, steps,
                   learning_rate, weight_decay):
@@ -164,8 +172,8 @@ def fit_deep_fusion(member_logits: jax.Array, labels: jax.Array, *, folds: int =
     raise ValueError(f"{fn}: features are only used by the residual MLP; pass hidden=(...)")
 
   module = DeepFusion(num_members=m, num_classes=c, space=space, hidden=tuple(hidden))
-  init_params = module.init(jax.random.key(seed), member_logits[:, :1],
-                            None if features is None else features[:1])["params"]
+  init_params = jax.jit(module.init)(jax.random.key(seed), member_logits[:, :1],
+                                     None if features is None else features[:1])["params"]
   fold_of = np.empty(b, dtype=np.int64)
   fold_of[np.random.default_rng(seed).permutation(b)] = np.arange(b) % folds
   masks = np.ones((folds + 1, b), dtype=np.float32)
@@ -177,14 +185,13 @@ def fit_deep_fusion(member_logits: jax.Array, labels: jax.Array, *, folds: int =
   fold_params = jax.tree.map(lambda p: p[:folds], params)
   final_params = jax.tree.map(lambda p: p[folds], params)
 
-  all_folds = jax.vmap(lambda p: module.apply({"params": p}, member_logits, features))(fold_params)
-  oof = jnp.take_along_axis(all_folds, jnp.asarray(fold_of)[None, :, None], axis=0)[0]
-  oof_nll = float(-jnp.mean(jnp.take_along_axis(oof, labels[:, None], axis=-1)))
-  oof_acc = float(jnp.mean(jnp.argmax(oof, axis=-1) == labels))
-
   apply = jax.jit(lambda p, z, f: module.apply({"params": p}, z, f))
+  all_folds = jax.vmap(apply, in_axes=(0, None, None))(fold_params, member_logits, features)
+  oof = _out_of_fold(all_folds, jnp.asarray(fold_of), labels)
+  oof_log_probs, oof_nll, oof_acc = oof[0], float(oof[1]), float(oof[2])
 
   def predict(new_member_logits, new_features=None):
     return apply(final_params, new_member_logits, new_features)
 
-  return DeepFusionFit(module, final_params, predict, oof, oof_nll, oof_acc, fold_params)
+  return DeepFusionFit(module, final_params, predict, oof_log_probs, oof_nll, oof_acc,
+                       fold_params)
