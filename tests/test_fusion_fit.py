@@ -1,6 +1,5 @@
 """fit_weights on a planted problem: one member is the label-generating model."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

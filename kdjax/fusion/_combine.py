@@ -85,8 +85,8 @@ def average(member_logits: jax.Array, *, space: str = "prob") -> jax.Array:
   Examples:
     >>> import jax.numpy as jnp
     >>> z = jnp.array([[[0.0, 0.0]], [[0.0, jnp.log(3.0)]]])  # M=2, B=1, C=2
-    >>> jnp.exp(average(z)).round(3).tolist()
-    [[0.375, 0.625]]
+    >>> [round(float(p), 3) for p in jnp.exp(average(z))[0]]
+    [0.375, 0.625]
   """
   _check_space(space, "average")
   member_logits = _check_member_logits(member_logits, "average")
@@ -127,8 +127,8 @@ def weighted(member_logits: jax.Array, weights: jax.Array, *, space: str = "prob
   Examples:
     >>> import jax.numpy as jnp
     >>> z = jnp.array([[[0.0, 0.0]], [[0.0, jnp.log(3.0)]]])
-    >>> jnp.exp(weighted(z, jnp.array([0.0, 1.0]))).round(3).tolist()
-    [[0.25, 0.75]]
+    >>> [round(float(p), 3) for p in jnp.exp(weighted(z, jnp.array([0.0, 1.0])))[0]]
+    [0.25, 0.75]
   """
   _check_space(space, "weighted")
   member_logits = _check_member_logits(member_logits, "weighted")
