@@ -1,0 +1,26 @@
+"""Born-again network (Furlanello et al., 2018): a CNN distilled from a CNN of the same
+architecture, on the labelled inputs (hinton_kd, T=4, alpha=0.5).
+
+``:init`` starts the student as a copy of the teacher (born-again initialisation via
+``kdjax.losses.init_from_teacher`` with the identity mapping) instead of from scratch.
+
+Launch:
+  kdjax train --config configs/mnist1d/born_again_cnn.py --workdir runs/ban \
+      --config.teacher.workdir=runs/teacher_cnn
+Args: "init", "smoke" (comma-separated).
+"""
+
+from kdjax.training import default_config
+
+
+def get_config(arg: str | None = None):
+  args = set((arg or "").split(","))
+  c = default_config()
+  c.model.name = "cnn1d"
+  c.losses = {"hinton_kd": {"weight": 1.0, "temperature": 4.0, "alpha": 0.5}}
+  c.init.from_teacher = "init" in args
+  c.num_steps = 6000
+  if "smoke" in args:
+    c.batch_size = 80
+    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+  return c

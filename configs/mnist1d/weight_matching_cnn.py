@@ -1,0 +1,29 @@
+"""Parameter (weight) distillation: a CNN student pulled toward the teacher's weights.
+
+Loss: cross-entropy + 1e-2 * weight_matching(student, teacher), the size-normalised sum
+of squared differences over every mapped leaf (identity mapping: same architecture).
+``:init`` also starts the student from the teacher (teacher-initialised student).
+
+Launch:
+  kdjax train --config configs/mnist1d/weight_matching_cnn.py --workdir runs/wm \
+      --config.teacher.workdir=runs/teacher_cnn
+Args: "init", "smoke" (comma-separated).
+"""
+
+from kdjax.training import default_config
+
+
+def get_config(arg: str | None = None):
+  args = set((arg or "").split(","))
+  c = default_config()
+  c.model.name = "cnn1d"
+  c.losses = {
+      "cross_entropy": {"weight": 1.0},
+      "weight_matching": {"weight": 1e-2, "normalize": True},
+  }
+  c.init.from_teacher = "init" in args
+  c.num_steps = 6000
+  if "smoke" in args:
+    c.batch_size = 80
+    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+  return c
