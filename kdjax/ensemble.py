@@ -24,6 +24,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +33,22 @@ from jax.sharding import PartitionSpec as P
 
 ApplyFn = Callable[[Any, jax.Array], Any]
 STRATEGIES = ("auto", "vmap", "map", "loop")
+
+
+@functools.lru_cache(maxsize=256)
+def linen_apply_fn(model: nn.Module) -> ApplyFn:
+  """``lambda params, x: model.apply({"params": params}, x)``, one object per model.
+
+  ``apply_fn`` is a static ``jit`` argument, so a fresh lambda per call recompiles every
+  call. Linen modules with equal fields are equal and hash alike, so this cache returns
+  the same function for them and the compiled programs are reused. :func:`apply`,
+  :func:`sharded_apply` and :class:`EnsembleGroup` call it for you when given a module.
+  """
+  return lambda params, x: model.apply({"params": params}, x)
+
+
+def _as_apply_fn(apply_fn: ApplyFn | nn.Module) -> ApplyFn:
+  return linen_apply_fn(apply_fn) if isinstance(apply_fn, nn.Module) else apply_fn
 
 
 # ----------------------------------------------------------------------------- stacking
@@ -168,9 +185,10 @@ def apply(apply_fn: ApplyFn, stacked_params: Any, x: Any, *, strategy: str = "au
     y[m] = f(\\theta_m, x), \\quad m = 0, \\dots, M-1
 
   Args:
-    apply_fn: ``apply_fn(params, x) -> outputs`` for one member, e.g.
-      ``lambda p, x: model.apply({"params": p}, x)``. It is a static argument of ``jit``:
-      pass the same (hashable) object on every call, or every call recompiles.
+    apply_fn: ``apply_fn(params, x) -> outputs`` for one member, or a linen module (then
+      ``model.apply({"params": p}, x)`` via :func:`linen_apply_fn`). It is a static
+      argument of ``jit``: pass the same (hashable) object on every call; a fresh
+      ``lambda`` per call recompiles every call.
     stacked_params: member params with a leading member axis ``M`` (see :func:`stack`).
     x: inputs shared by all members, e.g. ``[B, ...]``.
     strategy: ``"auto"``, ``"vmap"``, ``"map"`` or ``"loop"`` (see the module docstring).
@@ -183,6 +201,7 @@ def apply(apply_fn: ApplyFn, stacked_params: Any, x: Any, *, strategy: str = "au
   """
   if strategy not in STRATEGIES:
     raise ValueError(f"apply: unknown strategy {strategy!r}; known: {list(STRATEGIES)}")
+  apply_fn = _as_apply_fn(apply_fn)
   num_members(stacked_params)  # checks the member axis
   if strategy == "auto":
     strategy = choose_strategy(apply_fn, stacked_params, x)
@@ -261,7 +280,8 @@ def sharded_apply(apply_fn: ApplyFn, stacked_params: Any, x: Any, *, mesh: Mesh,
   them; place params with :func:`shard_stacked` once to avoid moving weights every call.
 
   Args:
-    apply_fn: ``apply_fn(params, x)`` for one member (static under ``jit``).
+    apply_fn: ``apply_fn(params, x)`` for one member, or a linen module (static under
+      ``jit``; see :func:`apply`).
     stacked_params: ``[M, ...]`` stacked member params (placed or not).
     x: inputs ``[B, ...]`` shared by all members.
     mesh: a ``jax.sharding.Mesh`` with axis ``member_axis`` (use ``AxisType.Auto``).
@@ -273,6 +293,7 @@ def sharded_apply(apply_fn: ApplyFn, stacked_params: Any, x: Any, *, mesh: Mesh,
     Outputs ``[num_members, B, ...]``.
   """
   _axis_size(mesh, member_axis)
+  apply_fn = _as_apply_fn(apply_fn)
   m = _count_members(stacked_params)
   keep = m if num_members is None else int(num_members)
   if not 1 <= keep <= m:
@@ -291,9 +312,10 @@ def make_member_mesh(num_devices: int | None = None, member_axis: str = "member"
 
 
 class EnsembleGroup(NamedTuple):
-  """Members of one architecture: a single-member ``apply_fn`` and their stacked params."""
+  """Members of one architecture: a single-member ``apply_fn`` (or linen module) and their
+  stacked params."""
 
-  apply_fn: ApplyFn
+  apply_fn: ApplyFn | nn.Module
   stacked_params: Any
 
   @property

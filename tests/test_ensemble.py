@@ -75,6 +75,18 @@ def test_apply_strategies_equal_loop(name, strategy):
   np.testing.assert_allclose(out, _loop_reference(model, params, x), **TOL)
 
 
+def test_linen_module_as_apply_fn():
+  name, params, x = _members("mlp", 2)
+  stacked = ensemble.stack(params)
+  # Equal modules share one cached apply_fn, so jit reuses the compiled program.
+  assert ensemble.linen_apply_fn(get_model("mlp")) is ensemble.linen_apply_fn(get_model("mlp"))
+  np.testing.assert_allclose(ensemble.apply(get_model("mlp"), stacked, x),
+                             _loop_reference(name, params, x), **TOL)
+  group = ensemble.EnsembleGroup(get_model("mlp"), stacked)
+  np.testing.assert_allclose(ensemble.apply_groups([group], x), _loop_reference(name, params, x),
+                             **TOL)
+
+
 def test_apply_unknown_strategy():
   _, params, x = _members("mlp", 2)
   with pytest.raises(ValueError, match="known.*vmap"):
