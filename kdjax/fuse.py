@@ -31,8 +31,7 @@ def _scores(log_probs, labels) -> dict[str, float]:
 
 
 def _group_logits(group, x) -> jax.Array:
-  return ensemble.apply(lambda p, xx: group.model.apply({"params": p}, xx), group.params,
-                        jnp.asarray(x))
+  return ensemble.apply(ensemble.linen_apply_fn(group.model), group.params, jnp.asarray(x))
 
 
 def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.workdir = ""       # one workdir, or several comma-separated (an ensemble)
   c.teacher.fusion = "prob"    # how ensemble members combine: prob | logit | log_prob
   c.teacher.weights = ()       # fixed fusion weights (empty: uniform)
+  c.teacher.fusion_temperature = 1.0  # fuse members' softmax(z / T); set T = the KD temperature
   c.teacher.cache = True       # compute teacher targets once (inputs are not augmented)
 
   # Structure distillation: copy teacher layers into the student before training.

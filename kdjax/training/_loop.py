@@ -111,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if objective.needs_teacher:
     groups = load_teachers(config.teacher.workdir, num_classes=num_classes)
     test_targets = teacher_log_probs(groups, splits["test"]["x"], space=config.teacher.fusion,
-                                     weights=config.teacher.weights)
+                                     weights=config.teacher.weights)  # what the ensemble predicts
     teacher_test = {"accuracy": float(metrics.accuracy(test_targets, splits["test"]["y"])),
                     "nll": float(metrics.nll(test_targets, splits["test"]["y"])),
                     "members": sum(g.size for g in groups)}
@@ -122,7 +122,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       teacher_params = jax.device_put(t_params, replicated)
     else:
       teacher_cache = teacher_log_probs(groups, train_x, space=config.teacher.fusion,
-                                        weights=config.teacher.weights)
+                                        weights=config.teacher.weights,
+                                        temperature=config.teacher.fusion_temperature)
 
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   (workdir / "run.json").write_text(json.dumps(

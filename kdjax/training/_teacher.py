@@ -100,25 +100,33 @@ def single_teacher(groups: list[TeacherGroup]) -> tuple[nn.Module, Any]:
 
 
 def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, space: str = "prob",
-                      weights=None, batch_size: int = 4096) -> np.ndarray:
+                      weights=None, temperature: float = 1.0,
+                      batch_size: int = 4096) -> np.ndarray:
   """Teacher outputs for all of ``x``, ``[N, C]``: the logits of a single teacher, or
   the fused log-probabilities of an ensemble (``kdjax.fusion.average``/``weighted``
-  in ``space``). Used to cache teacher targets once before training."""
+  in ``space``). Used to cache teacher targets once before training.
+
+  With ``temperature`` :math:`\tau \ne 1` an ensemble is fused at that temperature and
+  the result scaled back, :math:`\tau \log \bar p_\tau` with
+  :math:`\bar p_\tau = \mathrm{fuse}_m(\mathrm{softmax}(z_m / \tau))`, so that a KD
+  loss at temperature :math:`\tau` sees exactly :math:`\bar p_\tau`, the average of the
+  members' *tempered* distributions (rather than a tempered average). For a single
+  teacher both are the same."""
   from kdjax import ensemble, fusion
 
   outputs = []
   for start in range(0, len(x), batch_size):
     xb = jax.numpy.asarray(x[start:start + batch_size])
     member_logits = jax.numpy.concatenate([
-        ensemble.apply(lambda p, xx, m=g.model: m.apply({"params": p}, xx), g.params, xb)
-        for g in groups])
+        ensemble.apply(ensemble.linen_apply_fn(g.model), g.params, xb)
+        for g in groups]) / temperature
     if member_logits.shape[0] == 1:
       fused = member_logits[0]
     elif weights:
       fused = fusion.weighted(member_logits, jax.numpy.asarray(weights), space=fusion_space(space))
     else:
       fused = fusion.average(member_logits, space=fusion_space(space))
-    outputs.append(np.asarray(fused))
+    outputs.append(np.asarray(fused) * temperature)
   return np.concatenate(outputs)
 
 
