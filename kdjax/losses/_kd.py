@@ -32,8 +32,11 @@ def _log_softmax(x: jax.Array, axis: int, where: jax.Array | None) -> jax.Array:
 
 def _kl_log_space(teacher_log_probs: jax.Array, student_log_probs: jax.Array, axis: int,
                   where: jax.Array | None) -> jax.Array:
-  """``sum p_t (log p_t - log p_s)``; ``p_t = 0`` terms are exactly 0 (finite log-probs)."""
-  terms = jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs)
+  """``sum p_t (log p_t - log p_s)``; ``p_t = 0`` terms (and their gradients) are exactly 0."""
+  p_t = jnp.exp(teacher_log_probs)
+  # The `where` also keeps huge log-ratios of underflowed classes out of the backward pass
+  # (their cotangent would overflow to inf and meet exp'(lt) = 0 as NaN).
+  terms = p_t * jnp.where(p_t > 0, teacher_log_probs - student_log_probs, 0.0)
   if where is not None:
     terms = jnp.where(where, terms, 0.0)
   return jnp.sum(terms, axis=axis)
@@ -141,7 +144,9 @@ def soft_target_kl_with_log_targets(student_logits: jax.Array, teacher_log_probs
   s, lt, temp, where = _prepare_pair(fn, student_logits, teacher_log_probs, "student_logits",
                                      "teacher_log_probs", temperature, where)
   # -inf log-probs (exact zeros) stay finite zero-probability classes after re-tempering.
-  lt = jnp.maximum(lt / temp, jnp.finfo(lt.dtype).min / 4)
+  # Double `where` so that the gradient w.r.t. those entries is 0, not NaN.
+  zero_prob = jnp.isneginf(lt)
+  lt = jnp.where(zero_prob, jnp.finfo(lt.dtype).min / 4, jnp.where(zero_prob, 0.0, lt) / temp)
   ls = _log_softmax(s / temp, axis, where)
   lt = _log_softmax(lt, axis, where)
   return temp**2 * _kl_log_space(lt, ls, axis, where)

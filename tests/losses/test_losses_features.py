@@ -194,22 +194,22 @@ def test_bfloat16_inputs(name):
 
 
 # ----------------------------------------------------------------------------- Projector
-@pytest.mark.parametrize("kind,student_shape,target_shape", [
-    ("dense", (4, 10), (6,)),
-    ("dense", (4, 5, 3), (2, 7)),
-    ("conv", (4, 5, 3), (5, 8)),
-    ("conv", (2, 3, 3, 4), (3, 3, 6)),
+@pytest.mark.parametrize("kind,student_shape,target_shape,norm", [
+    ("dense", (4, 10), (6,), None),
+    ("dense", (4, 5, 3), (2, 7), "layer"),
+    ("conv", (4, 5, 3), (5, 8), None),
+    ("conv", (2, 3, 3, 4), (3, 3, 6), "layer"),
 ])
-@pytest.mark.parametrize("norm", [None, "layer"])
 def test_projector_maps_to_teacher_shape(kind, student_shape, target_shape, norm):
   proj = losses.Projector(target_shape=target_shape, kind=kind, norm=norm)
   x = jnp.float32(_x(student_shape, 16))
-  params = proj.init(jax.random.key(0), x)["params"]
-  y = proj.apply({"params": params}, x)
+  params = jax.jit(proj.init)(jax.random.key(0), x)["params"]
+  apply = jax.jit(proj.apply)
+  y = apply({"params": params}, x)
   assert y.shape == (student_shape[0], *target_shape)
   assert ("norm" in params) == (norm == "layer")
   if kind == "conv":  # a 1x1 conv: each position only sees its own channels
-    y2 = proj.apply({"params": params}, x.at[:, 0].set(0.0))
+    y2 = apply({"params": params}, x.at[:, 0].set(0.0))
     np.testing.assert_array_equal(y2[:, 1:], y[:, 1:])
 
 

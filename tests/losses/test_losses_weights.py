@@ -60,7 +60,7 @@ def test_weight_matching_matches_reference(mapping, teacher, pairs, normalize):
 
 
 def test_weight_matching_gradient_and_identity():
-  grads = jax.grad(lambda s: losses.weight_matching(s, TEACHER))(STUDENT)
+  grads = jax.jit(jax.grad(lambda s: losses.weight_matching(s, TEACHER)))(STUDENT)
   for layer in STUDENT:
     for name, leaf in STUDENT[layer].items():
       np.testing.assert_allclose(grads[layer][name],
