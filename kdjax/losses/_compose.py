@@ -171,7 +171,8 @@ def _parse_terms(terms: Any) -> list[Term]:
   dupes = sorted({x for x in labels if labels.count(x) > 1})
   if dupes:
     raise ValueError(f"make_objective: duplicate term label(s) {dupes}; use the mapping form "
-                     "with distinct labels and a 'loss' key, e.g. {'hint_a': {'loss': 'hint', ...}}")
+                     "with distinct labels and a 'loss' key, e.g. "
+                     "{'hint_a': {'loss': 'hint', ...}}")
   if not parsed:
     raise ValueError("make_objective: no terms given")
   return parsed
