@@ -58,7 +58,8 @@ def ref_dkd_exact(s, t, y, alpha, beta, temperature):
     binary = np.stack([lp[gt], scipy.special.logsumexp(np.where(gt, -np.inf, lp), -1)], -1)
     return binary, scipy.special.log_softmax(np.where(gt, -np.inf, z / temperature), -1)
   (bs, ns), (bt, nt) = parts(s), parts(t)
-  kl = lambda lt, ls: np.sum(np.exp(lt) * np.where(np.isneginf(lt), 0.0, lt - ls), -1)
+  kl = lambda lt, ls: np.sum(np.exp(lt) * np.where(np.isneginf(lt), 0.0, lt - np.where(
+      np.isneginf(lt), 0.0, ls)), -1)
   return temperature**2 * (alpha * kl(bt, bs) + beta * kl(nt, ns))
 
 
