@@ -23,7 +23,7 @@ from kdjax.training import _checkpoint as ckpt
 from kdjax.training._optim import make_optimizer
 from kdjax.training._state import TrainState
 from kdjax.training._step import make_predict, make_train_chunk, predict_in_batches
-from kdjax.training._teacher import (config_to_dict, load_teachers, model_from_config,
+from kdjax.training._teacher import (load_teachers, model_from_config,
                                      single_teacher, teacher_log_probs)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 
 from kdjax.models import get_model
@@ -135,7 +134,3 @@ def fusion_space(name: str) -> str:
   if name not in known:
     raise ValueError(f"Unknown teacher fusion {name!r}; known: {list(known)}")
   return name
-
-
-def config_to_dict(config: ml_collections.ConfigDict | dict) -> dict:
-  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
