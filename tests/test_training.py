@@ -155,3 +155,27 @@ def test_bad_config_values(tmp_path):
     train_and_evaluate(smoke("mnist1d/mlp.py", num_devices=3), str(tmp_path / "b"))
   with pytest.raises(ValueError, match="Unknown model 'mlpp'"):
     train_and_evaluate(smoke("mnist1d/mlp.py", **{"model.name": "mlpp"}), str(tmp_path / "c"))
+
+
+def test_ensemble_teacher_targets_match_float64_reference(teacher_dir, tmp_path):
+  from kdjax.training import load_run, load_teachers, teacher_log_probs
+  mlp_dir = tmp_path / "mlp_teacher"
+  train_and_evaluate(smoke("mnist1d/mlp.py"), str(mlp_dir))
+  workdirs = f"{teacher_dir},{mlp_dir},{teacher_dir}"
+  groups = load_teachers(workdirs, num_classes=10)
+  assert sorted(g.size for g in groups) == [1, 2]  # stacked by architecture
+  x = np.random.default_rng(0).normal(size=(37, 40)).astype(np.float32)
+  member_logits = []
+  for w in workdirs.split(","):
+    model, params, _ = load_run(w)
+    member_logits.append(np.asarray(model.apply({"params": params}, x), np.float64))
+  z = np.stack(member_logits)
+  for temperature in (1.0, 4.0):
+    p = np.exp(z / temperature - np.log(np.exp(z / temperature).sum(-1, keepdims=True)))
+    expected = temperature * np.log(p.mean(0))
+    got = teacher_log_probs(groups, x, space="prob", temperature=temperature, batch_size=16)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+  weights = np.array([0.2, 0.7, 0.1])  # in the order the workdirs were given
+  p = np.exp(z - np.log(np.exp(z).sum(-1, keepdims=True)))
+  got = teacher_log_probs(groups, x, space="prob", weights=tuple(weights), batch_size=16)
+  np.testing.assert_allclose(got, np.log(np.einsum("m,mbc->bc", weights, p)), rtol=1e-4, atol=1e-4)

@@ -50,6 +50,7 @@ class TeacherGroup:
   model: nn.Module
   params: Any
   workdirs: tuple[str, ...]
+  indices: tuple[int, ...]  # positions of these members in the teacher list given by the user
 
   @property
   def size(self) -> int:
@@ -76,16 +77,17 @@ def load_teachers(spec, *, num_classes: int) -> list[TeacherGroup]:
     raise ValueError("The objective needs a teacher but config.teacher.workdir is empty; "
                      "pass --config.teacher.workdir=DIR (comma-separate several for an ensemble)")
   groups: dict[str, list] = {}
-  for workdir in workdirs:
+  for index, workdir in enumerate(workdirs):
     model, params, info = load_run(workdir)
     if info["num_classes"] != num_classes:
       raise ValueError(f"Teacher {workdir!r} predicts {info['num_classes']} classes but the "
                        f"student has {num_classes}")
     key = json.dumps(info["model"], sort_keys=True)
-    groups.setdefault(key, []).append((model, params, workdir))
+    groups.setdefault(key, []).append((model, params, workdir, index))
   return [TeacherGroup(model=members[0][0],
                        params=ensemble.stack([m[1] for m in members]),
-                       workdirs=tuple(m[2] for m in members))
+                       workdirs=tuple(m[2] for m in members),
+                       indices=tuple(m[3] for m in members))
           for members in groups.values()]
 
 
@@ -113,12 +115,17 @@ def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, space: str =
   teacher both are the same."""
   from kdjax import ensemble, fusion
 
+  # Several devices: each holds its share of every group's members (one sharded call).
+  member_mesh = ensemble.make_member_mesh() if jax.device_count() > 1 else None
+  # Groups concatenate members by architecture; put them back in the user's order
+  # (fusion weights are given in that order).
+  order = np.argsort(np.concatenate([g.indices for g in groups]))
   outputs = []
   for start in range(0, len(x), batch_size):
     xb = jax.numpy.asarray(x[start:start + batch_size])
     member_logits = jax.numpy.concatenate([
-        ensemble.apply(ensemble.linen_apply_fn(g.model), g.params, xb)
-        for g in groups]) / temperature
+        ensemble.sharded_apply(g.model, g.params, xb, mesh=member_mesh) if member_mesh
+        else ensemble.apply(g.model, g.params, xb) for g in groups])[order] / temperature
     if member_logits.shape[0] == 1:
       fused = member_logits[0]
     elif weights:
