@@ -30,14 +30,7 @@ def _stage_config(path: str, arg: str | None, seed: int, smoke: bool = False,
                   **overrides: Any) -> ml_collections.ConfigDict:
   if smoke:  # every config has a "smoke" variant that runs in seconds
     arg = "smoke" if arg is None else f"{arg},smoke"
-  config = load_config(path, arg)
-  config.seed = seed
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  config = load_config(path, arg, {"seed": seed, **overrides})
   return config
 
 

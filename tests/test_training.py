@@ -19,15 +19,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def smoke(path: str, arg: str = "smoke", **overrides):
-  config = load_config(path, arg)
-  config.progress_bar = False
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  return load_config(path, arg, {"progress_bar": False, **overrides})
 
 
 def assert_trees_close(a, b, **tol):

@@ -10,7 +10,7 @@ Launch:
 Args: "init", "smoke" (comma-separated).
 """
 
-from kdjax.training import default_config
+from kdjax.training import default_config, smoke_variant
 
 
 def get_config(arg: str | None = None):
@@ -21,6 +21,5 @@ def get_config(arg: str | None = None):
   c.init.from_teacher = "init" in args
   c.num_steps = 6000
   if "smoke" in args:
-    c.batch_size = 80
-    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+    smoke_variant(c)
   return c

@@ -10,7 +10,7 @@ student is data-limited, whatever the KD loss.
 Args: "smoke".
 """
 
-from kdjax.training import default_config
+from kdjax.training import default_config, smoke_variant
 
 
 def get_config(arg: str | None = None):
@@ -23,6 +23,5 @@ def get_config(arg: str | None = None):
   }
   c.num_steps = 6000
   if arg == "smoke":
-    c.batch_size = 80
-    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+    smoke_variant(c)
   return c

@@ -11,7 +11,7 @@ Expected (our reference): 77.3 +- 1.2 % test (the MLP alone: about 66%).
 Args: "smoke".
 """
 
-from kdjax.training import default_config
+from kdjax.training import default_config, smoke_variant
 
 
 def get_config(arg: str | None = None):
@@ -25,6 +25,5 @@ def get_config(arg: str | None = None):
   }
   c.num_steps = 6000
   if arg == "smoke":
-    c.batch_size = 80
-    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+    smoke_variant(c)
   return c

@@ -16,7 +16,7 @@ plain KD on the labelled inputs only: at most 1.4 points over the MLP alone.
 Args: "labelled" (no transfer set), "smoke" (seconds), "labelled,smoke".
 """
 
-from kdjax.training import default_config
+from kdjax.training import default_config, smoke_variant
 
 
 def get_config(arg: str | None = None):
@@ -39,8 +39,5 @@ def get_config(arg: str | None = None):
     c.optimizer.warmup_steps = 0
     c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 6000, 500, 1000, 1000
   if "smoke" in args:
-    c.transfer.num_samples = 0 if "labelled" in args else 2000
-    c.optimizer.warmup_steps = 5
-    c.batch_size = 80  # divisible by the 8 virtual test devices
-    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+    smoke_variant(c)
   return c

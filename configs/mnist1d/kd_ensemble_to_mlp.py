@@ -13,7 +13,7 @@ Expected: about 94.0 +- 0.7 % test (one CNN teacher: about 90.6; the MLP alone: 
 Args: "smoke".
 """
 
-from kdjax.training import default_config
+from kdjax.training import default_config, smoke_variant
 
 
 def get_config(arg: str | None = None):
@@ -32,8 +32,5 @@ def get_config(arg: str | None = None):
   c.eval_every = 4000
   c.checkpoint_every = 4000
   if arg == "smoke":
-    c.batch_size = 80
-    c.transfer.num_samples = 2000
-    c.optimizer.warmup_steps = 5
-    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+    smoke_variant(c)
   return c

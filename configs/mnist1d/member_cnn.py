@@ -9,7 +9,7 @@ Expected: about 91.4% test each; their probability average about 94.9%.
 Args: "smoke".
 """
 
-from kdjax.training import default_config
+from kdjax.training import default_config, smoke_variant
 
 
 def get_config(arg: str | None = None):
@@ -19,6 +19,5 @@ def get_config(arg: str | None = None):
   c.losses = {"cross_entropy": {"weight": 1.0}}
   c.num_steps = 6000
   if arg == "smoke":
-    c.batch_size = 80
-    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+    smoke_variant(c)
   return c

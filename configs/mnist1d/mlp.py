@@ -5,7 +5,7 @@ Launch:
 Expected: about 66% test accuracy (the MNIST-1D paper reports about 68%).
 """
 
-from kdjax.training import default_config
+from kdjax.training import default_config, smoke_variant
 
 
 def get_config(arg: str | None = None):
@@ -15,6 +15,5 @@ def get_config(arg: str | None = None):
   c.losses = {"cross_entropy": {"weight": 1.0}}
   c.num_steps = 6000
   if arg == "smoke":
-    c.batch_size = 80  # divisible by the 8 virtual test devices
-    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+    smoke_variant(c)
   return c

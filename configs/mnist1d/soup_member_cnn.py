@@ -14,7 +14,7 @@ members collapse to chance.
 Args: "smoke".
 """
 
-from kdjax.training import default_config
+from kdjax.training import default_config, smoke_variant
 
 
 def get_config(arg: str | None = None):
@@ -27,6 +27,5 @@ def get_config(arg: str | None = None):
   c.optimizer.schedule = "cosine"
   c.num_steps = 3000
   if arg == "smoke":
-    c.batch_size = 80
-    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+    smoke_variant(c)
   return c

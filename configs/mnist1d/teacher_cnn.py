@@ -7,7 +7,7 @@ Expected: 92.0 +- 1.4 % test accuracy over seeds (Adam 1e-2, batch 100, 6,000 st
 the MNIST-1D paper reports about 94%.
 """
 
-from kdjax.training import default_config
+from kdjax.training import default_config, smoke_variant
 
 
 def get_config(arg: str | None = None):
@@ -17,6 +17,5 @@ def get_config(arg: str | None = None):
   c.optimizer.learning_rate = 1e-2
   c.num_steps = 6000
   if arg == "smoke":
-    c.batch_size = 80  # divisible by the 8 virtual test devices
-    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+    smoke_variant(c)
   return c

@@ -2,6 +2,7 @@
 
 from kdjax.training._checkpoint import load_params as load_params
 from kdjax.training._config import default_config as default_config
+from kdjax.training._config import smoke_variant as smoke_variant
 from kdjax.training._loop import check_config as check_config
 from kdjax.training._loop import train_and_evaluate as train_and_evaluate
 from kdjax.training._optim import make_optimizer as make_optimizer

@@ -55,3 +55,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_devices = 0           # 0: every device
   c.progress_bar = True
   return c
+
+
+def smoke_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to a run of seconds (40 steps), for tests and ``:smoke``."""
+  c.batch_size = 80  # divisible by the 8 virtual test devices
+  c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
+  if c.optimizer.warmup_steps:
+    c.optimizer.warmup_steps = 5
+  if c.transfer.num_samples:
+    c.transfer.num_samples = 2000
+  return c
