@@ -103,7 +103,7 @@ def single_teacher(groups: list[TeacherGroup]) -> tuple[nn.Module, Any]:
 def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, space: str = "prob",
                       weights=None, temperature: float = 1.0,
                       batch_size: int = 4096) -> np.ndarray:
-  """Teacher outputs for all of ``x``, ``[N, C]``: the logits of a single teacher, or
+  r"""Teacher outputs for all of ``x``, ``[N, C]``: the logits of a single teacher, or
   the fused log-probabilities of an ensemble (``kdjax.fusion.average``/``weighted``
   in ``space``). Used to cache teacher targets once before training.
 
