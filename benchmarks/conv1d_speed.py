@@ -3,7 +3,8 @@
 `kdjax.models.CNN1D` takes ``conv_implementation="im2col"`` (strided slices + one
 matmul) or ``"xla"`` (``lax.conv_general_dilated``). Both share parameters and agree to
 float tolerance (tests/test_models.py). This benchmark times one jitted cross-entropy
-train step (forward + backward + Adam) and a forward pass of each, interleaved
+train step (forward + backward + Adam), the same step inside a 100-step ``lax.scan``
+(how ``kdjax train`` runs it; reported per step) and a forward pass of each, interleaved
 round-robin after a warm-up compile, and reports medians, the 25th-75th percentile
 spread, the ratio, the device, versions and the machine load.
 
@@ -26,6 +27,7 @@ import optax
 
 from kdjax.models import get_model
 
+CHUNK = 100
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "conv1d_speed.json")
 
 
@@ -48,6 +50,14 @@ def make_fns(implementation: str, batch: int):
     updates, s = tx.update(grads, s, p)
     return optax.apply_updates(p, updates), s
 
+  @jax.jit
+  def chunk(p, s):  # the trainer's form: CHUNK steps inside one lax.scan
+    def body(carry, _):
+      grads = jax.grad(loss_fn)(carry[0])
+      updates, s2 = tx.update(grads, carry[1], carry[0])
+      return (optax.apply_updates(carry[0], updates), s2), None
+    return jax.lax.scan(body, (p, s), None, length=CHUNK)[0]
+
   forward = jax.jit(lambda p: model.apply({"params": p}, x))
   state = {"p": params, "s": opt_state}
 
@@ -55,10 +65,14 @@ def make_fns(implementation: str, batch: int):
     state["p"], state["s"] = step(state["p"], state["s"])
     jax.block_until_ready(state["p"])
 
+  def run_chunk():  # reported per step
+    state["p"], state["s"] = chunk(state["p"], state["s"])
+    jax.block_until_ready(state["p"])
+
   def run_forward():
     jax.block_until_ready(forward(state["p"]))
 
-  return {"train_step": run_step, "forward": run_forward}
+  return {"train_step": run_step, "scan_step": run_chunk, "forward": run_forward}
 
 
 def main():
@@ -80,9 +94,10 @@ def main():
       start = time.perf_counter()
       for _ in range(args.inner):
         f()
-      samples.append((time.perf_counter() - start) / args.inner * 1e6)
+      per_call = (time.perf_counter() - start) / args.inner * 1e6
+      samples.append(per_call / CHUNK if kind == "scan_step" else per_call)
   rows = []
-  for kind in ("train_step", "forward"):
+  for kind in ("train_step", "scan_step", "forward"):
     med = {impl: float(np.median(times[(impl, kind)])) for impl in fns}
     for impl in fns:
       q25, q75 = np.percentile(times[(impl, kind)], [25, 75])

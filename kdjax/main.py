@@ -73,7 +73,8 @@ def run(argv: list[str] | None = None) -> None:
     try:
       return flags.FLAGS(args)
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-      sys.exit(f"kdjax {command}: config error: {_one_line(e)}")
+      sys.exit(f"kdjax {command}: config error: {type(e).__name__}: {_one_line(e)} "
+               "(a --config.FIELD=VALUE override must name a field the config file defines)")
 
   app.run(main, argv=argv, flags_parser=parse_flags)
 

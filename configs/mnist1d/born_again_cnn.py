@@ -17,6 +17,7 @@ def get_config(arg: str | None = None):
   args = set((arg or "").split(","))
   c = default_config()
   c.model.name = "cnn1d"
+  c.model.conv_implementation = "im2col"  # or "xla" (lax.conv_general_dilated)
   c.losses = {"hinton_kd": {"weight": 1.0, "temperature": 4.0, "alpha": 0.5}}
   c.init.from_teacher = "init" in args
   c.num_steps = 6000

@@ -20,6 +20,7 @@ from kdjax.training import default_config, smoke_variant
 def get_config(arg: str | None = None):
   c = default_config()
   c.model.name = "cnn1d"
+  c.model.conv_implementation = "im2col"  # or "xla" (lax.conv_general_dilated)
   c.data.val_size = 500
   c.losses = {"cross_entropy": {"weight": 1.0}}
   c.init.from_teacher = True   # copy every layer of config.teacher.workdir (the shared init)

@@ -13,6 +13,7 @@ from kdjax.training import default_config, smoke_variant
 def get_config(arg: str | None = None):
   c = default_config()
   c.model.name = "cnn1d"
+  c.model.conv_implementation = "im2col"  # or "xla" (lax.conv_general_dilated)
   c.losses = {"cross_entropy": {"weight": 1.0}}
   c.optimizer.learning_rate = 1e-2
   c.num_steps = 6000

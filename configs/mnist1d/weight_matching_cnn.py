@@ -17,6 +17,7 @@ def get_config(arg: str | None = None):
   args = set((arg or "").split(","))
   c = default_config()
   c.model.name = "cnn1d"
+  c.model.conv_implementation = "im2col"  # or "xla" (lax.conv_general_dilated)
   c.losses = {
       "cross_entropy": {"weight": 1.0},
       "weight_matching": {"weight": 1e-2, "normalize": True},
