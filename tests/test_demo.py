@@ -49,3 +49,25 @@ def test_demo_rerun_reuses_finished_stages(demo_dir, capsys):
   out = capsys.readouterr().out
   assert out.count("reusing") == 4 and "training in" not in out
   assert [r["accuracy_mean"] for r in again] == [r["accuracy_mean"] for r in rows[:4]]
+
+
+def test_fuse_cli_on_demo_members(demo_dir, tmp_path):
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  root, _ = demo_dir
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  members = ",".join(str(root / "members/seed0" / f"cnn{i}") for i in range(3))
+  result = subprocess.run(
+      [sys.executable, "-m", "kdjax.main", "fuse", "--config", str(repo / "configs/mnist1d/fuse_cnn5.py"),
+       "--workdir", str(tmp_path / "fuse"), f"--config.members={members}", "--config.deep.steps=20"],
+      capture_output=True, text=True, env={**os.environ})
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads((tmp_path / "fuse/report.json").read_text())
+  assert report["num_members"] == 3 and "| average (prob) |" in result.stdout
+  missing = subprocess.run(
+      [sys.executable, "-m", "kdjax.main", "fuse", "--config", str(repo / "configs/mnist1d/fuse_cnn5.py"),
+       "--workdir", str(tmp_path / "fuse2"), f"--config.members={tmp_path}/nope"],
+      capture_output=True, text=True, env={**os.environ})
+  assert missing.returncode == 1 and "does not exist" in missing.stderr.splitlines()[-1]

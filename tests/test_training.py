@@ -97,7 +97,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
 
 def test_missing_teacher_workdir_is_a_clear_error(tmp_path):
   config = smoke("mnist1d/kd_cnn_to_mlp.py", **{"teacher.workdir": str(tmp_path / "nope")})
-  with pytest.raises(FileNotFoundError, match="Teacher workdir .*nope' does not exist"):
+  with pytest.raises(FileNotFoundError, match="Workdir .*nope. does not exist"):
     train_and_evaluate(config, str(tmp_path / "kd"))
   config = smoke("mnist1d/kd_cnn_to_mlp.py")
   with pytest.raises(ValueError, match="config.teacher.workdir is empty"):
@@ -137,7 +137,7 @@ def test_cli_unknown_command_and_missing_teacher(tmp_path):
                    tmp_path=tmp_path)
   assert result.returncode == 1
   lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert lines[-1].startswith("kdjax train: error: FileNotFoundError: Teacher workdir")
+  assert lines[-1].startswith("kdjax train: error: FileNotFoundError: Workdir")
 
 
 def test_bad_config_values(tmp_path):

@@ -34,7 +34,7 @@ def load_run(workdir: str | pathlib.Path) -> tuple[nn.Module, Any, dict]:
   """
   path = pathlib.Path(workdir)
   if not path.is_dir():
-    raise FileNotFoundError(f"Teacher workdir {str(workdir)!r} does not exist")
+    raise FileNotFoundError(f"Workdir {str(workdir)!r} does not exist (expected a `kdjax train` run)")
   info_path = path / "run.json"
   if not info_path.exists():
     raise FileNotFoundError(f"{info_path} is missing: {str(workdir)!r} is not a kdjax run")
