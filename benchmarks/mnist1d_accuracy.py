@@ -10,7 +10,9 @@ what each study needs under ``--workdir`` (finished runs are reused), and writes
 Studies: ``hint`` (CE + 30 x FitNets hint, CNN -> MLP), ``dkd`` (CE + DKD), ``soups``
 (five CNNs fine-tuned from a shared init: uniform / greedy soup vs their ensemble),
 ``mixed`` (five CNNs + five MLPs: probability average vs fitted weights), ``ens_cnn``
-(the five-CNN ensemble distilled into one CNN). Results of studies not rerun are kept.
+(the five-CNN ensemble distilled into one CNN), ``wm`` (weight matching CNN -> CNN),
+``ban`` / ``ban_init`` (born-again CNN from scratch / from the teacher's weights).
+Results of studies not rerun are kept.
 """
 
 import argparse
@@ -39,10 +41,10 @@ def fuse(members, workdir, seed):
   return run_fuse(config, str(workdir))["test"]
 
 
-def study_distill(name, config_path, demo, root, seed):
+def study_distill(name, config_path, demo, root, seed, arg=None, student="MLP"):
   teacher = demo / "teacher_cnn" / f"seed{seed}"
-  summary = train(config_path, None, seed, root / name / f"seed{seed}", **{"teacher.workdir": str(teacher)})
-  return {f"{name} (MLP)": summary["test"]["accuracy"]}
+  summary = train(config_path, arg, seed, root / name / f"seed{seed}", **{"teacher.workdir": str(teacher)})
+  return {f"{name} ({student})": summary["test"]["accuracy"]}
 
 
 def study_ensemble_to_cnn(demo, root, seed):
@@ -94,7 +96,7 @@ def main():
   parser.add_argument("--demo", default="runs/demo3")
   parser.add_argument("--workdir", default="runs/studies")
   parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--studies", default="hint,dkd,mixed,soups,ens_cnn")
+  parser.add_argument("--studies", default="hint,dkd,mixed,soups,ens_cnn,wm,ban,ban_init")
   args = parser.parse_args()
   demo, root = pathlib.Path(args.demo), pathlib.Path(args.workdir)
   out_json = RESULTS / "mnist1d_accuracy.json"
@@ -108,6 +110,15 @@ def main():
         result = study_distill("dkd", "mnist1d/dkd_cnn_to_mlp.py", demo, root, seed)
       elif study == "soups":
         result = study_soups(demo, root, seed)
+      elif study == "wm":
+        result = study_distill("weight matching", "mnist1d/weight_matching_cnn.py", demo, root,
+                               seed, student="CNN")
+      elif study == "ban":
+        result = study_distill("born-again", "mnist1d/born_again_cnn.py", demo, root, seed,
+                               student="CNN")
+      elif study == "ban_init":
+        result = study_distill("born-again from teacher init", "mnist1d/born_again_cnn.py", demo,
+                               root, seed, arg="init", student="CNN")
       elif study == "ens_cnn":
         result = study_ensemble_to_cnn(demo, root, seed)
       elif study == "mixed":

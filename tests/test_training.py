@@ -171,3 +171,11 @@ def test_ensemble_teacher_targets_match_float64_reference(teacher_dir, tmp_path)
   p = np.exp(z - np.log(np.exp(z).sum(-1, keepdims=True)))
   got = teacher_log_probs(groups, x, space="prob", weights=tuple(weights), batch_size=16)
   np.testing.assert_allclose(got, np.log(np.einsum("m,mbc->bc", weights, p)), rtol=1e-4, atol=1e-4)
+
+
+def test_resume_into_a_workdir_of_another_model_is_a_clear_error(teacher_dir, tmp_path):
+  import shutil
+  workdir = tmp_path / "w"
+  shutil.copytree(teacher_dir, workdir)
+  with pytest.raises(ValueError, match="holds checkpoints of another run"):
+    train_and_evaluate(smoke("mnist1d/mlp.py"), str(workdir))

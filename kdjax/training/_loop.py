@@ -38,6 +38,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                        "(evaluations and checkpoints fall on chunk boundaries)")
 
 
+def _check_same_run(workdir: pathlib.Path, run_info: dict) -> None:
+  """A workdir with checkpoints resumes only the same model on the same data."""
+  path = workdir / "run.json"
+  if not (path.exists() and ckpt.checkpoint_dir(workdir).is_dir()):
+    return
+  saved = json.loads(path.read_text())
+  current = json.loads(json.dumps(run_info))  # tuples -> lists, as saved
+  if saved != current:
+    raise ValueError(f"{workdir} holds checkpoints of another run ({saved}); this config trains "
+                     f"{current}. Use a new --workdir, or delete the old one")
+
+
 def _load_training_inputs(config, splits, objective) -> tuple[np.ndarray, np.ndarray | None]:
   """Training inputs and labels; with a transfer set, the inputs only (unlabelled)."""
   x, y = splits["train"]["x"], splits["train"]["y"]
@@ -125,10 +137,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                         weights=config.teacher.weights,
                                         temperature=config.teacher.fusion_temperature)
 
+  run_info = {"model": config.model.to_dict(), "num_classes": num_classes,
+              "data": config.data.name}
+  _check_same_run(workdir, run_info)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  (workdir / "run.json").write_text(json.dumps(
-      {"model": config.model.to_dict(), "num_classes": num_classes,
-       "data": config.data.name}, indent=2))
+  (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
 
   # Init: student, optional copy of teacher layers, objective's aux params, optimizer.
   rng_student, rng_aux = jax.random.split(jax.random.key(config.seed))
