@@ -12,9 +12,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from kdjax import losses
+from kdjax.data import shard_batch
 from kdjax.models import apply_with_features
 from kdjax.training._state import TrainState
 
@@ -92,10 +94,6 @@ def predict_in_batches(predict: Callable, params: Any, x, *, batch_size: int, me
   The last batch is padded to ``batch_size`` (so one program serves every batch)
   and the padding is dropped.
   """
-  import numpy as np
-
-  from kdjax.data import shard_batch
-
   outputs = []
   for start in range(0, len(x), batch_size):
     xb = np.asarray(x[start:start + batch_size])
