@@ -21,7 +21,6 @@ import numpy as np
 from kdjax import data as kd_data
 from kdjax import ensemble, fusion, metrics
 from kdjax.training import load_teachers
-from kdjax.training._teacher import parse_workdirs
 
 
 def _scores(log_probs, labels) -> dict[str, float]:
@@ -74,13 +73,13 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for group in groups:
     if group.size < 2:
       continue
-    arch = json.dumps(group.model.__class__.__name__)
+    arch = type(group.model).__name__
     apply = jax.jit(lambda p, x, m=group.model: m.apply({"params": p}, x))
-    rows[f"uniform soup ({arch.strip(chr(34))} x{group.size})"] = _scores(
+    rows[f"uniform soup ({arch} x{group.size})"] = _scores(
         apply(fusion.uniform_soup(group.params), test["x"]), test["y"])
     greedy = fusion.greedy_soup(
         group.params, lambda p: metrics.accuracy(apply(p, val["x"]), val["y"]))
-    rows[f"greedy soup ({arch.strip(chr(34))}, {len(greedy.indices)} of {group.size})"] = _scores(
+    rows[f"greedy soup ({arch}, {len(greedy.indices)} of {group.size})"] = _scores(
         apply(greedy.params, test["x"]), test["y"])
     soups[arch] = {"greedy_indices": [int(i) for i in greedy.indices],
                    "greedy_val_accuracy": float(greedy.score)}

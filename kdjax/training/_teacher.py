@@ -115,6 +115,9 @@ def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, space: str =
   teacher both are the same."""
   from kdjax import ensemble, fusion
 
+  if space not in fusion.SPACES:  # checked up front: a single teacher never reaches fusion
+    raise ValueError(f"Unknown teacher fusion {space!r}; known: {list(fusion.SPACES)}")
+
   # Several devices: each holds its share of every group's members (one sharded call).
   member_mesh = ensemble.make_member_mesh() if jax.device_count() > 1 else None
   # Groups concatenate members by architecture; put them back in the user's order
@@ -129,15 +132,8 @@ def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, space: str =
     if member_logits.shape[0] == 1:
       fused = member_logits[0]
     elif weights:
-      fused = fusion.weighted(member_logits, jax.numpy.asarray(weights), space=fusion_space(space))
+      fused = fusion.weighted(member_logits, jax.numpy.asarray(weights), space=space)
     else:
-      fused = fusion.average(member_logits, space=fusion_space(space))
+      fused = fusion.average(member_logits, space=space)
     outputs.append(np.asarray(fused) * temperature)
   return np.concatenate(outputs)
-
-
-def fusion_space(name: str) -> str:
-  known = ("prob", "logit", "log_prob")
-  if name not in known:
-    raise ValueError(f"Unknown teacher fusion {name!r}; known: {list(known)}")
-  return name
