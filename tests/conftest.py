@@ -11,3 +11,18 @@ os.environ.setdefault("KDJAX_DATA_DIR", os.path.join(os.path.dirname(__file__), 
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+  """A CNN teacher trained for 60 steps (smoke config), shared by the trainer tests."""
+  from kdjax.configs import load_config
+  from kdjax.training import train_and_evaluate
+
+  workdir = tmp_path_factory.mktemp("teacher")
+  config = load_config("mnist1d/teacher_cnn.py", "smoke", {"progress_bar": False, "num_steps": 60})
+  assert train_and_evaluate(config, str(workdir))["steps"] == 60
+  return workdir

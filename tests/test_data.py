@@ -1,6 +1,5 @@
 """Data: generated MNIST-1D and digits, deterministic resumable batching, sharding."""
 
-import jax
 import numpy as np
 import pytest
 

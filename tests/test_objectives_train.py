@@ -5,9 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from kdjax.configs import load_config
 from kdjax.losses import TERMS
-from kdjax.training import load_params, train_and_evaluate
-from test_training import smoke, teacher_dir  # noqa: F401  (module-scoped fixture)
+from kdjax.training import train_and_evaluate
+
+
+def smoke(path, arg="smoke", **overrides):
+  return load_config(path, arg, {"progress_bar": False, **overrides})
 
 FEATURE_KW = {"student_feature": "block_2", "teacher_feature": "block_2"}
 EVERY_TERM = {
@@ -26,7 +30,7 @@ EVERY_TERM = {
 }
 
 
-def test_every_term_trains_from_config(teacher_dir, tmp_path):  # noqa: F811
+def test_every_term_trains_from_config(teacher_dir, tmp_path):
   assert set(EVERY_TERM) == set(TERMS)
   config = smoke("mnist1d/teacher_cnn.py", num_steps=20, **{"teacher.workdir": str(teacher_dir)})
   config.losses = EVERY_TERM
@@ -45,7 +49,7 @@ def test_every_term_trains_from_config(teacher_dir, tmp_path):  # noqa: F811
     ("mnist1d/weight_matching_cnn.py", "smoke", False),
     ("mnist1d/born_again_cnn.py", "init,smoke", True),
 ])
-def test_distillation_configs_run(teacher_dir, tmp_path, path, arg, copied):  # noqa: F811
+def test_distillation_configs_run(teacher_dir, tmp_path, path, arg, copied):
   config = smoke(path, arg, **{"teacher.workdir": str(teacher_dir)})
   summary = train_and_evaluate(config, str(tmp_path / "run"))
   assert summary["steps"] == config.num_steps and np.isfinite(summary["test"]["nll"])

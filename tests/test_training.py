@@ -26,14 +26,6 @@ def assert_trees_close(a, b, **tol):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol), a, b)
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("teacher")
-  summary = train_and_evaluate(smoke("mnist1d/teacher_cnn.py", num_steps=60), str(workdir))
-  assert summary["steps"] == 60
-  return workdir
-
-
 def test_eight_devices_equal_one_device(tmp_path):
   runs = {}
   for n in (1, 8):
@@ -179,3 +171,10 @@ def test_resume_into_a_workdir_of_another_model_is_a_clear_error(teacher_dir, tm
   shutil.copytree(teacher_dir, workdir)
   with pytest.raises(ValueError, match="holds checkpoints of another run"):
     train_and_evaluate(smoke("mnist1d/mlp.py"), str(workdir))
+
+
+def test_unknown_teacher_fusion_is_a_clear_error_even_for_one_teacher(teacher_dir, tmp_path):
+  config = smoke("mnist1d/kd_cnn_to_mlp.py", **{"teacher.workdir": str(teacher_dir),
+                                                 "teacher.fusion": "median"})
+  with pytest.raises(ValueError, match="Unknown teacher fusion 'median'"):
+    train_and_evaluate(config, str(tmp_path / "kd"))
