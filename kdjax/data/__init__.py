@@ -32,3 +32,4 @@ from kdjax.data._tfds import TFDS_DATASETS as TFDS_DATASETS
 from kdjax.data._tfds import ImageDatasetSpec as ImageDatasetSpec
 from kdjax.data._tfds import dataset_spec as dataset_spec
 from kdjax.data._tfds import tfds_source as tfds_source
+from kdjax.data._from_config import pipelines_from_config as pipelines_from_config

@@ -43,9 +43,13 @@ def pad_crop(image: np.ndarray, rng: np.random.Generator, *, pad: int = 4) -> np
   if pad < 0:
     raise ValueError(f"pad must be >= 0, got {pad}")
   h, w, _ = image.shape
-  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-  top, left = rng.integers(0, 2 * pad + 1, size=2)
-  return padded[top:top + h, left:left + w]
+  top, left = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
+  # The window [top, top + h) x [left, left + w) of the padded image, without padding it.
+  out = np.zeros_like(image)
+  dy, dx = top - pad, left - pad  # shift of the window in original coordinates
+  ys, xs = slice(max(dy, 0), min(h + dy, h)), slice(max(dx, 0), min(w + dx, w))
+  out[ys.start - dy:ys.stop - dy, xs.start - dx:xs.stop - dx] = image[ys, xs]
+  return out
 
 
 def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -127,24 +131,29 @@ def resize_center_crop(image: np.ndarray, *, size: int, crop_fraction: float = 0
 
 
 def normalize(image: np.ndarray, mean, std) -> np.ndarray:
-  """:math:`(x / 255 - \\mu) / \\sigma` per channel, as float32."""
-  _check_image(image)
+  """:math:`(x / 255 - \\mu) / \\sigma` per channel, as float32; ``image`` is one
+  ``[H, W, C]`` image or a batch ``[B, H, W, C]``."""
+  if np.ndim(image) < 3:
+    raise ValueError(f"image must be [..., H, W, C], got shape {np.shape(image)}")
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
   if mean.shape != (image.shape[-1],) or std.shape != (image.shape[-1],):
     raise ValueError(f"mean {mean.shape} and std {std.shape} must have one value per channel "
                      f"of the image {image.shape}")
-  return (image.astype(np.float32) / 255.0 - mean) / std
+  scale = 1.0 / (255.0 * std)
+  return image.astype(np.float32) * scale - mean / std
 
 
-AUGMENTATIONS = ("none", "pad_crop_flip", "inception_crop_flip", "center_crop")
+AUGMENTATIONS = ("none", "pad_crop", "pad_crop_flip", "inception_crop_flip", "center_crop")
+RANDOM_AUGMENTATIONS = ("pad_crop", "pad_crop_flip", "inception_crop_flip")
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator | None, *, kind: str,
                   size: int, pad: int = 4) -> np.ndarray:
   """Applies augmentation ``kind`` (one of :data:`AUGMENTATIONS`) to a uint8 image.
 
-  ``none`` keeps the image; ``pad_crop_flip`` is the CIFAR recipe (:func:`pad_crop` then
+  ``none`` keeps the image; ``pad_crop`` jitters by up to ``pad`` pixels (Hinton et
+  al.'s MNIST teacher); ``pad_crop_flip`` is the CIFAR recipe (:func:`pad_crop` then
   :func:`random_flip`); ``inception_crop_flip`` the ImageNet training view
   (:func:`random_resized_crop` to ``size`` then flip); ``center_crop`` the ImageNet
   evaluation view (:func:`resize_center_crop`).
@@ -155,6 +164,8 @@ def augment_image(image: np.ndarray, rng: np.random.Generator | None, *, kind: s
     return resize_center_crop(image, size=size)
   if rng is None:
     raise ValueError(f"augmentation {kind!r} is random and needs an rng")
+  if kind == "pad_crop":
+    return pad_crop(image, rng, pad=pad)
   if kind == "pad_crop_flip":
     return random_flip(pad_crop(image, rng, pad=pad), rng)
   if kind == "inception_crop_flip":

@@ -38,9 +38,6 @@ class _PrepareExample:
   augment: str
   image_size: int
   pad: int
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  flatten: bool
 
   def __call__(self, position: int, key: int) -> dict[str, np.ndarray]:
     key = int(key)
@@ -52,7 +49,7 @@ class _PrepareExample:
     global_position = position * self.process_count + self.process_index
     epoch = global_position // self.epoch_length
     rng = None
-    if self.augment in ("pad_crop_flip", "inception_crop_flip"):
+    if self.augment in _augment.RANDOM_AUGMENTATIONS:
       rng = _augment.example_rng(self.seed, epoch, key)
     view = _augment.augment_image(image, rng, kind=self.augment, size=self.image_size,
                                   pad=self.pad)
@@ -60,11 +57,22 @@ class _PrepareExample:
       raise ValueError(f"example {key} has shape {image.shape}; after {self.augment!r} it is "
                        f"{view.shape}, not {self.image_size}x{self.image_size} (pick an "
                        "augmentation that resizes, or the data set's image_size)")
-    x = _augment.normalize(view, self.mean, self.std)
-    if self.flatten:
-      x = x.reshape(-1)
-    return {"x": x, "y": np.int32(example["label"]), "id": np.int64(key),
+    return {"x": view, "y": np.int32(example["label"]), "id": np.int64(key),
             "mask": np.bool_(real)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _NormalizeBatch:
+  """uint8 views ``[b, H, W, C]`` -> normalised float32 (one vectorised op per batch)."""
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  flatten: bool
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    x = _augment.normalize(batch["x"], self.mean, self.std)
+    if self.flatten:
+      x = x.reshape(x.shape[0], -1)
+    return {**batch, "x": x}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,9 +236,11 @@ def make_pipeline(source, *, batch_size: int, seed: int, train: bool, num_classe
   prepare = _PrepareExample(
       source=source, num_real=num_real, epoch_length=epoch_length, seed=int(seed),
       process_index=process_index, process_count=process_count, augment=augment,
-      image_size=int(image_size), pad=int(pad), mean=tuple(mean), std=tuple(std),
-      flatten=flatten)
+      image_size=int(image_size), pad=int(pad))
+  if len(mean) != len(std):
+    raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} must have the same length")
   batches = keys.map_with_index(prepare).batch(local_batch, drop_remainder=True)
+  batches = batches.map(_NormalizeBatch(tuple(mean), tuple(std), flatten))
   if mixup_alpha:
     batches = batches.map_with_index(_MixupBatch(int(seed), float(mixup_alpha), num_classes,
                                                  process_index))

@@ -36,8 +36,8 @@ class SyntheticSource:
     if not 0 <= index < self.num_examples:
       raise IndexError(f"index {index} out of range for {self.num_examples} examples")
     rng = np.random.default_rng([self.seed, index])
-    return {"image": rng.integers(0, 256, self.shape, dtype=np.uint8),
-            "label": np.int64(rng.integers(self.num_classes))}
+    image = np.frombuffer(rng.bytes(int(np.prod(self.shape))), np.uint8).reshape(self.shape)
+    return {"image": image.copy(), "label": np.int64(rng.integers(self.num_classes))}
 
   def __repr__(self) -> str:
     return (f"SyntheticSource(num_examples={self.num_examples}, shape={self.shape}, "
