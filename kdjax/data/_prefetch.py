@@ -2,8 +2,8 @@
 
 A thread pulls host batches from an iterator, stacks ``steps_per_call`` of them into one
 ``[steps_per_call, b, ...]`` block when a jitted ``lax.scan`` runs several steps a call,
-places them on the mesh (``jax.make_array_from_process_local_data`` with a
-``NamedSharding`` over the batch axis), and queues ``buffer_size`` such blocks ahead of
+places them on the mesh (:func:`kdjax.data.shard_batch`: global arrays from each host's
+local batch, ``NamedSharding`` over the batch axis), and queues ``buffer_size`` such blocks ahead of
 the consumer. Each queued block carries the iterator state right after it, so
 :meth:`DevicePrefetcher.get_state` is the position of what the consumer has taken, not of
 what the thread has read ahead: checkpointing it resumes exactly.
@@ -17,6 +17,8 @@ import threading
 from typing import Any, Iterator
 
 import numpy as np
+
+from kdjax.data._batches import shard_batch
 
 _DONE = object()
 
@@ -65,17 +67,8 @@ class DevicePrefetcher:
   def _place(self, block: dict[str, np.ndarray]):
     if self._mesh is None:
       return block
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    batch_axis = 1 if self._steps > 1 else 0
-
-    def place(x):
-      spec = [None] * x.ndim
-      spec[batch_axis] = self._axis
-      return jax.make_array_from_process_local_data(NamedSharding(self._mesh, P(*spec)), x)
-
-    return {key: place(np.asarray(value)) for key, value in block.items()}
+    return shard_batch(block, self._mesh, batch_axis=1 if self._steps > 1 else 0,
+                       axis=self._axis)
 
   def _next_block(self):
     """The next placed block and the source state after it; raises StopIteration."""
