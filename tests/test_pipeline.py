@@ -1,6 +1,9 @@
 """grain pipeline over a synthetic source: order, sharding, resume, views, mixup, prefetch."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -260,3 +263,44 @@ def test_prefetcher_ends_and_propagates_errors():
     next(pf)
   with pytest.raises(ValueError, match="steps_per_call"):
     data.DevicePrefetcher(iter([]), steps_per_call=0)
+
+
+_MP_CHILD = """
+import json, numpy as np
+from absl import flags
+from kdjax import data
+
+def make(workers):
+  source = data.SyntheticSource(64, (8, 8, 3), num_classes=5, seed=1)
+  return data.make_pipeline(source, batch_size=8, seed=0, train=True, num_classes=5,
+                            image_size=8, mean=(0.5,) * 3, std=(0.25,) * 3,
+                            augment="pad_crop_flip", process_index=0, process_count=1,
+                            num_workers=workers)
+
+try:
+  make(2).iterator()
+  refused = False
+except ValueError as e:
+  refused = "absl" in str(e)
+flags.FLAGS.mark_as_parsed()
+reference = [make(0)[j] for j in range(8)]
+it = make(2).iterator()
+first = [next(it) for _ in range(5)]
+state = json.loads(json.dumps(it.get_state()))
+it.close()
+resumed = make(2).iterator(state)
+rest = [next(resumed) for _ in range(3)]
+resumed.close()
+same = all(np.array_equal(a["x"], b["x"]) and np.array_equal(a["id"], b["id"])
+           for a, b in zip(first + rest, reference))
+print(json.dumps({"refused_without_flags": refused, "same_batches_and_resume": same}))
+"""
+
+
+def test_grain_worker_processes_give_the_same_batches_and_resume():
+  env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  out = subprocess.run([sys.executable, "-c", _MP_CHILD], env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result == {"refused_without_flags": True, "same_batches_and_resume": True}

@@ -6,7 +6,8 @@ The trainer calls :func:`pipelines_from_config` once; every data-side setting li
 * ``source``: ``"tfds"`` (``name`` is a :data:`kdjax.data.TFDS_DATASETS` key, read from
   ``data_dir`` or ``$TFDS_DATA_DIR``) or ``"synthetic"`` (``synthetic.*``);
 * ``augment`` (``""``: the data set's training view), ``pad``, ``mixup_alpha``, ``flatten``;
-* ``num_threads`` (grain threads preparing examples), ``prefetch`` (device blocks ahead);
+* ``num_threads`` (grain threads preparing examples), ``num_workers`` (grain worker
+  processes), ``prefetch`` (device blocks ahead);
 * ``mock_examples > 0``: read tfds through ``tfds.testing.mock_data`` with that many
   random examples per split, for smoke runs without the data (never downloads).
 """
@@ -71,7 +72,8 @@ def pipelines_from_config(data_config, *, batch_size: int, eval_batch_size: int,
   common = {"num_classes": num_classes, "image_size": image_size, "mean": mean, "std": std,
             "flatten": bool(data_config.get("flatten", False)),
             "process_index": process_index, "process_count": process_count,
-            "num_threads": int(data_config.get("num_threads", 0))}
+            "num_threads": int(data_config.get("num_threads", 0)),
+            "num_workers": int(data_config.get("num_workers", 0))}
   train = make_pipeline(train_src, batch_size=batch_size, seed=seed, train=True,
                         augment=data_config.get("augment") or train_augment,
                         pad=int(data_config.get("pad", 4)),

@@ -114,11 +114,12 @@ class Pipeline:
   """
 
   def __init__(self, dataset, *, meta: dict[str, Any], steps_per_epoch: int,
-               num_threads: int, prefetch_buffer_size: int):
+               num_threads: int, prefetch_buffer_size: int, num_workers: int = 0):
     self.dataset = dataset  # grain MapDataset of local batches
     self.meta = meta
     self.steps_per_epoch = steps_per_epoch
     self._read = (num_threads, prefetch_buffer_size)
+    self._num_workers = num_workers
 
   def __len__(self) -> int:
     return len(self.dataset)
@@ -131,9 +132,17 @@ class Pipeline:
     import grain
 
     num_threads, buffer = self._read
-    it = iter(self.dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=buffer)))
-    out = PipelineIterator(it, self.meta)
+    stream = self.dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=buffer))
+    if self._num_workers:
+      from absl import flags
+
+      if not flags.FLAGS.is_parsed():
+        raise ValueError("num_workers > 0 starts grain worker processes, which read grain's absl "
+                         "flags: run under absl.app (as `kdjax train` does) or call "
+                         "absl.flags.FLAGS.mark_as_parsed() first")
+      stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._num_workers))
+    out = PipelineIterator(iter(stream), self.meta)
     if state is not None:
       out.set_state(state)
     return out
@@ -170,13 +179,19 @@ class PipelineIterator:
                          f"{key}={value!r}; resuming would change the data order")
     self._it.set_state(state["grain"])
 
+  def close(self) -> None:
+    """Stops grain's worker processes, if any (safe to call twice)."""
+    close = getattr(self._it, "close", None)
+    if close is not None:
+      close()
+
 
 def make_pipeline(source, *, batch_size: int, seed: int, train: bool, num_classes: int,
                   image_size: int, mean, std, augment: str = "none", pad: int = 4,
                   mixup_alpha: float = 0.0, flatten: bool = False, num_epochs: int | None = None,
                   process_index: int | None = None, process_count: int | None = None,
                   num_threads: int = 0, prefetch_buffer_size: int = 16,
-                  name: str = "") -> Pipeline:
+                  num_workers: int = 0, name: str = "") -> Pipeline:
   """Builds this host's stream of batches from a random-access ``source``.
 
   Args:
@@ -202,6 +217,8 @@ def make_pipeline(source, *, batch_size: int, seed: int, train: bool, num_classe
       explicit values to test sharding in one process.
     num_threads, prefetch_buffer_size: grain's host threads preparing examples ahead
       (``grain.ReadOptions``); 0 threads prepares in the caller.
+    num_workers: > 0 prepares batches in that many grain worker processes
+      (``mp_prefetch``; same batches, same resumable state), for hosts with many cores.
     name: recorded in the state, so another data set's state is refused.
 
   Returns:
@@ -248,7 +265,8 @@ def make_pipeline(source, *, batch_size: int, seed: int, train: bool, num_classe
           "process_index": process_index, "process_count": process_count, "train": train,
           "augment": augment, "mixup_alpha": float(mixup_alpha)}
   return Pipeline(batches, meta=meta, steps_per_epoch=epoch_length // batch_size,
-                  num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+                  num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size,
+                  num_workers=num_workers)
 
 
 def make_tfds_pipeline(name: str, split: str = "train", *, batch_size: int, seed: int = 0,

@@ -116,10 +116,13 @@ class DevicePrefetcher:
     return self._state
 
   def close(self) -> None:
-    """Stops the thread (the read-ahead blocks are dropped)."""
+    """Stops the thread (the read-ahead blocks are dropped) and closes the source."""
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
+    close = getattr(self._it, "close", None)
+    if close is not None:
+      close()
 
   def __enter__(self):
     return self

@@ -23,6 +23,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.mixup_alpha = 0.0     # > 0: mixup of every training batch (teacher sees it too)
   c.data.flatten = False       # x as [B, H * W * C] (MLPs)
   c.data.num_threads = 0       # grain threads preparing examples on the host
+  c.data.num_workers = 0       # grain worker processes preparing batches (many-core hosts)
   c.data.prefetch = 2          # device batches prepared ahead of the step (0: none)
   c.data.mock_examples = 0     # > 0: tfds.testing.mock_data examples (smoke runs only)
   c.data.synthetic = ml_collections.ConfigDict(
