@@ -2,9 +2,10 @@
 
 The global stream of example ids is a grain shuffle of ``range(N)`` that reshuffles every
 epoch; host ``p`` of ``P`` reads positions ``p, p + P, p + 2P, ...`` of it and batches them.
-So global batch ``j`` (the hosts' local batches ``j`` together) is the contiguous block
-``[j B, (j + 1) B)`` of the stream whatever ``P`` is, each host reads only its own
-examples, and the order is a function of the seed alone. Examples are read from the
+So global batch ``j`` (the hosts' local batches ``j`` together, host-major on the mesh)
+holds the examples of the contiguous block ``[j B, (j + 1) B)`` of the stream whatever
+``P`` is, each host reads only its own examples, and the order is a function of the seed
+alone. Examples are read from the
 source on access (never loaded whole), augmented with generators keyed by ``(seed,
 epoch, id)`` (:mod:`kdjax.data._augment`) and batched. The iterator's state is a small
 JSON-serialisable dict; restoring it resumes the exact order and views.
