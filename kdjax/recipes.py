@@ -8,10 +8,13 @@ One function per benchmark family, so the per-pair config files stay a few lines
   mdistiller's ``engine/cfg.py`` and per-pair yaml files.
 * :func:`imagenet_distill`: mdistiller's ImageNet ResNet-34 -> ResNet-18 protocol.
 
-Fields the trainer does not read yet (issue 9's recipe work; see the report) are set here
-so a config states the whole recipe: ``num_epochs``, ``optimizer.momentum``,
-``optimizer.weight_decay``, ``optimizer.boundaries_epochs``, ``optimizer.decay_rate``,
-``loss_warmup_epochs`` and ``teacher.arch`` / ``teacher.torch_checkpoint``.
+Field names follow the trainer branches in flight: ``optimizer.momentum``,
+``optimizer.weight_decay`` (L2, as ``torch.optim.SGD``), ``optimizer.boundary_epochs``,
+``optimizer.decay_factor`` (issue 7) and ``teacher.params_file`` / ``teacher.model``
+(a PyTorch ``.pth`` teacher and its architecture, issue 8). Two are new and must be read
+by the trainer: ``num_epochs`` (the configs also set the ``num_steps`` it implies) and
+``loss_warmup_epochs`` (term label -> epochs over which that term's weight grows as
+``min(epoch / E, 1)``, epoch counted from 1, as mdistiller's DKD warm-up).
 
 References:
   Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020
@@ -23,9 +26,9 @@ import ml_collections
 
 from kdjax.training import default_config
 
-# Name of a model's stage-``i`` output feature (stage 0 is the stem / first block), as
-# in mdistiller's ``feats`` list. One place to change if the zoo names them otherwise.
-STAGE_FEATURE = "stage_{}"
+# The zoo's name of stage ``i``'s output feature (after its ReLU; mdistiller's feats[i],
+# whose feats[0] the zoo calls "stem").
+STAGE_FEATURE = "stage{}"
 # Stages whose outputs AT matches (mdistiller: feats[1:]); FitNets uses stage 2.
 CIFAR_STAGES = {"resnet8x4": 3, "resnet32x4": 3, "resnet20": 3, "resnet56": 3,
                 "wrn_16_2": 3, "wrn_40_2": 3, "vgg8": 4, "vgg13": 4}
@@ -93,8 +96,9 @@ def cifar100_distill(teacher: str, student: str, method: str, *, dkd_beta: float
   c.model = ml_collections.ConfigDict({"name": teacher if method == "teacher" else student})
   c.losses = cifar100_losses(method, student, dkd_beta=dkd_beta)
   c.loss_warmup_epochs = ml_collections.ConfigDict({"dkd": 20} if method == "dkd" else {})
-  c.teacher.arch = "" if method in ("teacher", "student") else teacher
-  c.teacher.torch_checkpoint = ""  # a RepDistiller/mdistiller .pth (converted by kdjax.convert)
+  c.teacher.params_file = ""  # a RepDistiller/mdistiller .pth (converted by kdjax.convert)
+  c.teacher.model = ml_collections.ConfigDict(
+      {"name": "" if method in ("teacher", "student") else teacher})
   c.teacher.cache = False          # augmented inputs: the teacher runs online on the same view
   c.batch_size = 64
   c.eval_batch_size = 1000
@@ -106,8 +110,8 @@ def cifar100_distill(teacher: str, student: str, method: str, *, dkd_beta: float
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 5e-4
   c.optimizer.schedule = "multistep"
-  c.optimizer.boundaries_epochs = (150, 180, 210)
-  c.optimizer.decay_rate = 0.1
+  c.optimizer.boundary_epochs = (150, 180, 210)
+  c.optimizer.decay_factor = 0.1
   c.log_every = 71                 # 781 steps an epoch = 11 * 71
   c.eval_every = c.checkpoint_every = 10 * steps_per_epoch
   return smoke(c) if smoke_run else c
@@ -123,8 +127,8 @@ def imagenet_distill(teacher: str, student: str, *, losses: dict, smoke_run: boo
   c.model = ml_collections.ConfigDict({"name": student})
   c.losses = losses
   c.loss_warmup_epochs = ml_collections.ConfigDict()
-  c.teacher.arch = teacher
-  c.teacher.torch_checkpoint = ""  # torchvision weights (converted by kdjax.convert)
+  c.teacher.params_file = ""  # torchvision weights as a .pth (converted by kdjax.convert)
+  c.teacher.model = ml_collections.ConfigDict({"name": teacher})
   c.teacher.cache = False
   c.batch_size = 512
   c.eval_batch_size = 1024
@@ -136,8 +140,8 @@ def imagenet_distill(teacher: str, student: str, *, losses: dict, smoke_run: boo
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 1e-4
   c.optimizer.schedule = "multistep"
-  c.optimizer.boundaries_epochs = (30, 60, 90)
-  c.optimizer.decay_rate = 0.1
+  c.optimizer.boundary_epochs = (30, 60, 90)
+  c.optimizer.decay_factor = 0.1
   c.log_every = 139                # 2,502 = 18 * 139
   c.eval_every = c.checkpoint_every = 5 * steps_per_epoch
   return smoke(c) if smoke_run else c

@@ -59,8 +59,8 @@ def test_cifar100_recipe_is_the_published_one(pair, beta):
   assert (c.num_epochs, c.batch_size) == (240, 64)
   o = c.optimizer
   assert (o.name, o.learning_rate, o.momentum, o.weight_decay) == ("sgd", 0.05, 0.9, 5e-4)
-  assert (o.schedule, tuple(o.boundaries_epochs), o.decay_rate) == ("multistep",
-                                                                   (150, 180, 210), 0.1)
+  assert (o.schedule, tuple(o.boundary_epochs), o.decay_factor) == ("multistep",
+                                                                  (150, 180, 210), 0.1)
   assert c.losses.dkd.to_dict() == {"weight": 1.0, "alpha": 1.0, "beta": beta,
                                     "temperature": 4.0}
   assert c.loss_warmup_epochs.to_dict() == {"dkd": 20}
@@ -72,7 +72,8 @@ def test_cifar100_recipe_is_the_published_one(pair, beta):
   fit = load_config(ROOT / f"cifar100/{pair}.py", "fitnets").losses.hint
   assert (fit.weight, fit.projector) == (100.0, "conv")
   teacher_run = load_config(ROOT / f"cifar100/{pair}.py", "teacher")
-  assert teacher_run.model.name == pair.split("_to_")[0] and not teacher_run.teacher.arch
+  assert teacher_run.model.name == pair.split("_to_")[0] and not teacher_run.teacher.model.name
+  assert c.teacher.model.name == pair.split("_to_")[0] and not c.teacher.cache
 
 
 def test_unknown_method_is_an_error():

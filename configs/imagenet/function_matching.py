@@ -16,7 +16,7 @@ published number for this pair, and nothing has been measured here.
 
 Launch:
   kdjax train --config configs/imagenet/function_matching.py --workdir runs/in1k_fm \
-      --config.teacher.torch_checkpoint=resnet50.pth
+      --config.teacher.params_file=resnet50.pth
 Teacher: ``torchvision.models.resnet50(weights="IMAGENET1K_V1")``'s state dict, converted
 by ``kdjax.convert.torch_state_dict("resnet50", state_dict, num_classes=1000)``.
 The same command resumes from the workdir's latest checkpoint.

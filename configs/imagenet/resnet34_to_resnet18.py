@@ -16,7 +16,7 @@ ILSVRC2012 archives (README, "Training on a TPU VM").
 
 Launch:
   kdjax train --config configs/imagenet/resnet34_to_resnet18.py --workdir runs/in1k_r18_kd \
-      --config.data.data_dir=$TFDS_DATA_DIR --config.teacher.torch_checkpoint=resnet34.pth
+      --config.data.data_dir=$TFDS_DATA_DIR --config.teacher.params_file=resnet34.pth
 Teacher: torchvision's ``resnet34(weights="IMAGENET1K_V1")`` state dict saved with
 ``torch.save(model.state_dict(), "resnet34.pth")``, converted by
 ``kdjax.convert.torch_state_dict("resnet34", state_dict, num_classes=1000)``.
@@ -33,5 +33,5 @@ def get_config(arg: str | None = None):
             else {"cross_entropy": {"weight": 1.0}})
   c = recipes.imagenet_distill("resnet34", "resnet18", losses=losses, smoke_run=smoke)
   if method == "student":
-    c.teacher.arch = ""
+    c.teacher.model.name = ""
   return c
