@@ -114,3 +114,44 @@ def test_synthetic_source_from_config():
   c.data.source = "local"
   with pytest.raises(ValueError, match="streaming"):
     data.pipelines_from_config(c.data, batch_size=8, eval_batch_size=8, seed=0)
+
+
+def _zoo_model(name):
+  from kdjax.models import MODELS, get_model
+
+  if name not in MODELS:
+    pytest.skip(f"needs the CIFAR model zoo of issue 8 ({name!r} is not registered yet)")
+  return get_model(name, num_classes=100)
+
+
+@pytest.mark.parametrize("pair", sorted(CIFAR_PAIRS))
+def test_cifar100_objectives_trace_on_zoo_features_of_a_pipeline_batch(pair):
+  """Feature names and shapes of the FitNets/AT terms fit the zoo's models (traced with
+  ``jax.eval_shape``: shapes and names are checked, nothing is computed)."""
+  import jax
+  import jax.numpy as jnp
+
+  t_name, s_name = pair.split("_to_")
+  s_model, t_model = _zoo_model(s_name), _zoo_model(t_name)
+  c = load_config(ROOT / f"cifar100/{pair}.py", "kd,smoke")
+  made = data.pipelines_from_config(c.data, batch_size=4, eval_batch_size=4, seed=0,
+                                    process_index=0, process_count=1)
+  batch = next(made["train"].iterator())
+
+  def loss_inputs(x, labels):
+    def run(model, rng):
+      variables = model.init(rng, x)
+      logits, state = model.apply(variables, x, mutable=["intermediates"])
+      return variables["params"], logits, {k: v[-1] for k, v in state["intermediates"].items()}
+
+    s_params, s_logits, s_feats = run(s_model, jax.random.key(0))
+    t_params, t_logits, t_feats = run(t_model, jax.random.key(1))
+    return losses.LossInputs(student_logits=s_logits, labels=labels, teacher_logits=t_logits,
+                             student_features=s_feats, teacher_features=t_feats,
+                             student_params=s_params, teacher_params=t_params)
+
+  inputs = jax.eval_shape(loss_inputs, jnp.asarray(batch["x"]), jnp.asarray(batch["y"]))
+  for method in ("kd", "fitnets", "at", "dkd"):
+    objective = losses.make_objective(load_config(ROOT / f"cifar100/{pair}.py", method).losses)
+    out = jax.eval_shape(lambda i: objective(objective.init(jax.random.key(2), i), i)[0], inputs)
+    assert out.shape == () and out.dtype == jnp.float32, method
