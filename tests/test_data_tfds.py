@@ -157,24 +157,36 @@ def test_unprepared_data_set_fails_at_once_without_downloading(offline):
     data.tfds_source("svhn", "train")
 
 
-def test_locally_built_array_record_data_reads_through_the_pipeline(tmp_path):
-  """A real array_record data set (built here, no mock) read by data_source + grain."""
+@pytest.mark.parametrize("encoding", ["tensor", "png", "jpeg"])
+def test_locally_built_array_record_data_reads_through_the_pipeline(tmp_path, encoding):
+  """A real array_record data set (built here, no mock) read by data_source + grain.
+
+  ``png``/``jpeg``: encoded ``Image`` features, as MNIST/CIFAR (PNG) and ImageNet (JPEG)
+  store them; encoded from PIL images and decoded on read, all without TensorFlow.
+  """
+  from PIL import Image
+
+  def generated(i):
+    return np.random.default_rng(i).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+
+  if encoding == "tensor":
+    feature, encode = tfds.features.Tensor(shape=(12, 12, 3), dtype=np.uint8), lambda a: a
+  else:
+    feature, encode = tfds.features.Image(shape=(12, 12, 3), encoding_format=encoding), Image.fromarray
 
   class TinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
       return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "image": tfds.features.Tensor(shape=(12, 12, 3), dtype=np.uint8),
-          "label": tfds.features.ClassLabel(num_classes=4)}))
+          "image": feature, "label": tfds.features.ClassLabel(num_classes=4)}))
 
     def _split_generators(self, dl_manager):
       return {"train": self._generate_examples(30)}
 
     def _generate_examples(self, n):
       for i in range(n):
-        image = np.random.default_rng(i).integers(0, 256, (12, 12, 3), dtype=np.uint8)
-        yield i, {"image": image, "label": i % 4}
+        yield i, {"image": encode(generated(i)), "label": i % 4}
 
   builder = TinyImages(data_dir=str(tmp_path / "built"))
   builder.download_and_prepare(file_format="array_record")
@@ -185,15 +197,14 @@ def test_locally_built_array_record_data_reads_through_the_pipeline(tmp_path):
                                 augment="pad_crop_flip", process_index=0, process_count=1)
   ids = np.concatenate([pipeline[j]["id"] for j in range(5)])
   np.testing.assert_array_equal(np.sort(ids), np.arange(30))
-  # tfds shuffles examples when it writes them: the stored set is the generated set.
-  generated = {np.random.default_rng(i).integers(0, 256, (12, 12, 3), dtype=np.uint8).tobytes(): i % 4
-               for i in range(30)}
-  stored = {source[k]["image"].tobytes(): int(source[k]["label"]) for k in range(30)}
-  assert stored == generated
   batch = pipeline[0]
+  assert batch["x"].shape == (6, 12, 12, 3)
   np.testing.assert_array_equal(batch["y"], [source[int(k)]["label"] for k in batch["id"]])
   # The view of id k is its stored image, augmented with example_rng(seed, epoch 0, k).
   k = int(batch["id"][0])
   view = data.augment_image(source[k]["image"], data.example_rng(0, 0, k), kind="pad_crop_flip",
                             size=12)
   np.testing.assert_array_equal(batch["x"][0], data.normalize(view, (0.5,) * 3, (0.25,) * 3))
+  if encoding != "jpeg":  # lossless: tfds shuffled the examples, the stored set is the generated one
+    stored = {source[j]["image"].tobytes(): int(source[j]["label"]) for j in range(30)}
+    assert stored == {generated(i).tobytes(): i % 4 for i in range(30)}
