@@ -40,7 +40,8 @@ METHODS = ("teacher", "student", "kd", "fitnets", "at", "dkd")
 def cifar100_losses(method: str, student: str, *, dkd_beta: float = 8.0) -> dict:
   """Loss terms of ``method`` with mdistiller's CIFAR-100 weights.
 
-  ``teacher`` / ``student``: CE only (that network alone). ``kd``: 0.1 CE + 0.9 T^2 KL at T=4 (``hinton_kd`` alpha=0.9).
+  ``teacher`` / ``student``: CE only (that network alone). ``kd``: 0.1 CE + 0.9 T^2 KL
+  at T=4 (``hinton_kd`` alpha=0.9).
   ``fitnets``: CE + 100 * hint on stage 2 through a conv regressor. ``at``: CE + 1000 *
   attention transfer (p=2) on every stage but the stem. ``dkd``: CE + DKD (alpha 1,
   ``dkd_beta``, T=4), its weight warmed up linearly over 20 epochs.

@@ -63,7 +63,8 @@ def test_each_data_set_streams_batches_of_the_right_shape(name):
     first, second = evaluation[0], evaluation[0]
     np.testing.assert_array_equal(first["x"], second["x"])
     assert first["x"].shape == (8, *shape)
-    assert sorted(np.concatenate([b["id"][b["mask"]] for b in evaluation.iterator()])) == list(range(24))
+    seen = np.concatenate([b["id"][b["mask"]] for b in evaluation.iterator()])
+    assert sorted(seen) == list(range(24))
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar100", "imagenette"])
@@ -172,7 +173,8 @@ def test_locally_built_array_record_data_reads_through_the_pipeline(tmp_path, en
   if encoding == "tensor":
     feature, encode = tfds.features.Tensor(shape=(12, 12, 3), dtype=np.uint8), lambda a: a
   else:
-    feature, encode = tfds.features.Image(shape=(12, 12, 3), encoding_format=encoding), Image.fromarray
+    feature = tfds.features.Image(shape=(12, 12, 3), encoding_format=encoding)
+    encode = Image.fromarray
 
   class TinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
@@ -205,6 +207,6 @@ def test_locally_built_array_record_data_reads_through_the_pipeline(tmp_path, en
   view = data.augment_image(source[k]["image"], data.example_rng(0, 0, k), kind="pad_crop_flip",
                             size=12)
   np.testing.assert_array_equal(batch["x"][0], data.normalize(view, (0.5,) * 3, (0.25,) * 3))
-  if encoding != "jpeg":  # lossless: tfds shuffled the examples, the stored set is the generated one
+  if encoding != "jpeg":  # lossless: tfds shuffled the examples; the stored set is the generated one
     stored = {source[j]["image"].tobytes(): int(source[j]["label"]) for j in range(30)}
     assert stored == {generated(i).tobytes(): i % 4 for i in range(30)}

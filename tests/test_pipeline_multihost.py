@@ -31,7 +31,8 @@ with data.DevicePrefetcher(make().iterator(), mesh=mesh) as batches:  # JAX's pr
   for step in range(10):
     batch = next(batches)
     if step < 8:  # one epoch: 64 examples / 8 a step
-      local_ids += [int(i) for shard in batch["id"].addressable_shards for i in np.asarray(shard.data)]
+      local_ids += [int(i) for shard in batch["id"].addressable_shards
+                    for i in np.asarray(shard.data)]
     ids, x = (np.asarray(a) for a in gather(batch))
     ref = single[step]
     order, ref_order = np.argsort(ids), np.argsort(ref["id"])  # same examples, host-major rows

@@ -18,11 +18,13 @@ and point `--config.data.data_dir` (or $TFDS_DATA_DIR) at it.
 
 Launch (method = teacher | student | kd | fitnets | at | dkd; teacher and student
 train that network alone with cross-entropy):
-  kdjax train --config configs/cifar100/resnet32x4_to_resnet8x4.py:dkd --workdir runs/c100_resnet8x4_dkd \
+  kdjax train --config configs/cifar100/resnet32x4_to_resnet8x4.py:dkd \
+      --workdir runs/c100_resnet8x4_dkd \
       --config.teacher.params_file=save/models/resnet32x4_vanilla/ckpt_epoch_240.pth
-Teacher: RepDistiller's / mdistiller's pretrained resnet32x4
-(`save/models/resnet32x4_vanilla/ckpt_epoch_240.pth`, state dict under "model") converted
-with `kdjax.convert.torch_state_dict("resnet32x4", state_dict, num_classes=100)`; or a kdjax
+Teacher: `teacher.params_file` takes RepDistiller's / mdistiller's pretrained resnet32x4
+(`save/models/resnet32x4_vanilla/ckpt_epoch_240.pth`, a `{"model": state_dict}`), read by
+`kdjax.convert.load_pth` and converted by
+`kdjax.convert.torch_state_dict("resnet32x4", state_dict, num_classes=100)`; or use a kdjax
 workdir trained with this file's `teacher` method (`--config.teacher.workdir=...`).
 The same command resumes from the workdir's latest checkpoint.
 Args: "<method>", "<method>,smoke" (4 steps on tfds mock data).
