@@ -27,6 +27,7 @@ def _check(logits, labels, fn):
                      f"{labels.shape} {labels.dtype}")
   if not jnp.issubdtype(logits.dtype, jnp.floating):
     raise ValueError(f"{fn}: logits must be floating, got {logits.dtype}")
+  logits = logits.astype(jnp.result_type(jnp.float32, logits.dtype))  # bf16 -> float32
   return logits, labels, losses.label_mask(labels, logits.shape[-1])
 
 
