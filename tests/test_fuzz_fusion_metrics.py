@@ -5,6 +5,7 @@ The number of cases that ran is printed at the end of the module."""
 
 import collections
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,6 +110,8 @@ def test_fuzz_weighted_and_average(m, space, dtype, seed, scale):
   z, z64 = _cast(rng.normal(size=(m, 3, 4)) * scale, dtype)
   w = _weights(rng, m)
   (_, fused), grad = FUSE[space](z, jnp.asarray(w, jnp.float32))
+  chex.assert_shape(fused, (3, 4))
+  chex.assert_type(fused, jnp.float32)  # bf16 members are fused in float32
   want = np_fuse(z64, w, space)
   atol = 1e-5 * (1 + scale)
   np.testing.assert_allclose(fused, want, rtol=1e-4, atol=atol)

@@ -10,6 +10,7 @@ per case. The number of cases that ran is printed at the end of the module.
 
 import collections
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -303,6 +304,8 @@ def test_fuzz_weight_matching(dtype, seed, scale, normalize):
   s = jax.tree.map(lambda x: jnp.asarray(x, dtype), student)
   t = jax.tree.map(lambda x: jnp.asarray(x, dtype), teacher)
   value, grads = WEIGHT_MATCHING(s, t, normalize)
+  chex.assert_trees_all_equal_shapes_and_dtypes(grads, s)
+  chex.assert_tree_all_finite(grads)
   s64 = jax.tree.map(lambda x: np.asarray(x.astype(jnp.float32), np.float64), s)
   t64 = jax.tree.map(lambda x: np.asarray(x.astype(jnp.float32), np.float64), t)
   leaves = list(zip(jax.tree.leaves(s64), jax.tree.leaves(t64)))
@@ -349,6 +352,8 @@ def test_fuzz_objective_padding_equals_slicing(dtype, seed, scale, poison):
 
   loss, (gs, gf) = run(padded, y, jnp.asarray(keep))
   want, (ws, wf) = run({k: v[keep] for k, v in arrays.items()}, y[keep], None)
+  chex.assert_tree_all_finite((loss, gs, gf))
+  chex.assert_shape((gs, gf), (b, None))
   assert np.isfinite(loss)
   np.testing.assert_allclose(loss, want, rtol=1e-4, atol=1e-6)
   for g, w in ((gs, ws), (gf, wf)):

@@ -1,6 +1,7 @@
 """Masks select (NaN/inf/bad labels in masked entries change nothing) and the label policy
 (labels outside [0, C) ignore their row) in every loss and in make_objective."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,8 +166,8 @@ def test_objective_padded_rows_equal_sliced_batch(poison, bad_label):
     np.testing.assert_allclose(got_metrics[key], want_metrics[key], rtol=2e-5, atol=1e-7,
                                err_msg=key)
   # aux (projector) gradients equal; per-row gradients equal on kept rows, 0 on padding.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
-               got_grads[0], want_grads[0])
+  chex.assert_tree_all_finite(got_grads)
+  chex.assert_trees_all_close(got_grads[0], want_grads[0], rtol=2e-4, atol=1e-6)
   for g, w in zip(jax.tree.leaves(got_grads[1:]), jax.tree.leaves(want_grads[1:])):
     np.testing.assert_allclose(g[KEEP], w, rtol=2e-4, atol=1e-6)
     np.testing.assert_array_equal(g[~KEEP], 0.0)
