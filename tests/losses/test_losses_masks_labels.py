@@ -256,3 +256,12 @@ def test_label_mask_and_metrics_follow_the_policy():
   np.testing.assert_allclose(metrics.nll(jnp.float32(s), jnp.asarray(y_bad)),
                              ref_cross_entropy(s[KEEP], y[KEEP]).mean(), rtol=1e-5)
   assert float(metrics.nll(jnp.float32(s), jnp.full((B,), -1))) == 0.0
+
+
+def test_label_check_docstring_examples():
+  """kdjax.losses._checks holds the one label check; its examples run as doctests."""
+  import doctest
+
+  from kdjax.losses import _checks
+  result = doctest.testmod(_checks, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.failed == 0 and result.attempted >= 2
