@@ -11,10 +11,11 @@ One function per benchmark family, so the per-pair config files stay a few lines
 Field names follow the trainer branches in flight: ``optimizer.momentum``,
 ``optimizer.weight_decay`` (L2, as ``torch.optim.SGD``), ``optimizer.boundary_epochs``,
 ``optimizer.decay_factor`` (issue 7) and ``teacher.params_file`` / ``teacher.model``
-(a PyTorch ``.pth`` teacher and its architecture, issue 8). Two are new and must be read
-by the trainer: ``num_epochs`` (the configs also set the ``num_steps`` it implies) and
-``loss_warmup_epochs`` (term label -> epochs over which that term's weight grows as
-``min(epoch / E, 1)``, epoch counted from 1, as mdistiller's DKD warm-up).
+(a PyTorch ``.pth`` teacher and its architecture, issue 8). One is new and must be read
+by the trainer: ``num_epochs`` (the configs also set the ``num_steps`` it implies).
+DKD's 20-epoch warm-up is a loss weight schedule of kdjax.losses (``{"value": 1,
+"warmup_steps": 20 epochs of steps}``), linear per step where mdistiller's
+``min(epoch / 20, 1)`` changes once an epoch.
 
 References:
   Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020
@@ -37,14 +38,15 @@ IMAGENET_TRAIN_SIZE = 1_281_167
 METHODS = ("teacher", "student", "kd", "fitnets", "at", "dkd")
 
 
-def cifar100_losses(method: str, student: str, *, dkd_beta: float = 8.0) -> dict:
+def cifar100_losses(method: str, student: str, *, dkd_beta: float = 8.0,
+                    dkd_warmup_steps: int = 20 * (CIFAR100_TRAIN_SIZE // 64)) -> dict:
   """Loss terms of ``method`` with mdistiller's CIFAR-100 weights.
 
   ``teacher`` / ``student``: CE only (that network alone). ``kd``: 0.1 CE + 0.9 T^2 KL
   at T=4 (``hinton_kd`` alpha=0.9).
   ``fitnets``: CE + 100 * hint on stage 2 through a conv regressor. ``at``: CE + 1000 *
   attention transfer (p=2) on every stage but the stem. ``dkd``: CE + DKD (alpha 1,
-  ``dkd_beta``, T=4), its weight warmed up linearly over 20 epochs.
+  ``dkd_beta``, T=4), its weight warmed up linearly over ``dkd_warmup_steps`` (20 epochs).
   """
   if method in ("teacher", "student"):
     return {"cross_entropy": {"weight": 1.0}}
@@ -64,7 +66,8 @@ def cifar100_losses(method: str, student: str, *, dkd_beta: float = 8.0) -> dict
     return terms
   if method == "dkd":
     return {"cross_entropy": {"weight": 1.0},
-            "dkd": {"weight": 1.0, "alpha": 1.0, "beta": dkd_beta, "temperature": 4.0}}
+            "dkd": {"weight": {"value": 1.0, "warmup_steps": dkd_warmup_steps},
+                    "alpha": 1.0, "beta": dkd_beta, "temperature": 4.0}}
   raise ValueError(f"Unknown method {method!r}; known: {METHODS}")
 
 
@@ -96,7 +99,6 @@ def cifar100_distill(teacher: str, student: str, method: str, *, dkd_beta: float
   c.data.name, c.data.source = "cifar100", "tfds"  # pad-4 crop + flip, CIFAR-100 mean/std
   c.model = ml_collections.ConfigDict({"name": teacher if method == "teacher" else student})
   c.losses = cifar100_losses(method, student, dkd_beta=dkd_beta)
-  c.loss_warmup_epochs = ml_collections.ConfigDict({"dkd": 20} if method == "dkd" else {})
   c.teacher.params_file = ""  # a RepDistiller/mdistiller .pth (converted by kdjax.convert)
   c.teacher.model = ml_collections.ConfigDict(
       {"name": "" if method in ("teacher", "student") else teacher})
@@ -127,7 +129,6 @@ def imagenet_distill(teacher: str, student: str, *, losses: dict, smoke_run: boo
   c.data.num_threads = 16
   c.model = ml_collections.ConfigDict({"name": student})
   c.losses = losses
-  c.loss_warmup_epochs = ml_collections.ConfigDict()
   c.teacher.params_file = ""  # torchvision weights as a .pth (converted by kdjax.convert)
   c.teacher.model = ml_collections.ConfigDict({"name": teacher})
   c.teacher.cache = False

@@ -61,9 +61,8 @@ def test_cifar100_recipe_is_the_published_one(pair, beta):
   assert (o.name, o.learning_rate, o.momentum, o.weight_decay) == ("sgd", 0.05, 0.9, 5e-4)
   assert (o.schedule, tuple(o.boundary_epochs), o.decay_factor) == ("multistep",
                                                                   (150, 180, 210), 0.1)
-  assert c.losses.dkd.to_dict() == {"weight": 1.0, "alpha": 1.0, "beta": beta,
-                                    "temperature": 4.0}
-  assert c.loss_warmup_epochs.to_dict() == {"dkd": 20}
+  assert c.losses.dkd.to_dict() == {"weight": {"value": 1.0, "warmup_steps": 20 * 781},
+                                    "alpha": 1.0, "beta": beta, "temperature": 4.0}
   kd = load_config(ROOT / f"cifar100/{pair}.py", "kd").losses.hinton_kd
   assert (kd.temperature, kd.alpha) == (4.0, 0.9)
   at = load_config(ROOT / f"cifar100/{pair}.py", "at").losses
@@ -153,5 +152,6 @@ def test_cifar100_objectives_trace_on_zoo_features_of_a_pipeline_batch(pair):
   inputs = jax.eval_shape(loss_inputs, jnp.asarray(batch["x"]), jnp.asarray(batch["y"]))
   for method in ("kd", "fitnets", "at", "dkd"):
     objective = losses.make_objective(load_config(ROOT / f"cifar100/{pair}.py", method).losses)
-    out = jax.eval_shape(lambda i: objective(objective.init(jax.random.key(2), i), i)[0], inputs)
+    out = jax.eval_shape(lambda i: objective(objective.init(jax.random.key(2), i), i, step=0)[0],
+                         inputs)
     assert out.shape == () and out.dtype == jnp.float32, method
