@@ -59,9 +59,10 @@ def sparse_kl(student_logits: jax.Array, teacher_topk_log_probs: jax.Array,
     Ignores how much mass the student puts outside the k tokens: use it when k is small
     and only the ranking inside the teacher's top-k should be taught.
   - ``"partial"`` (EasyDeL): the teacher's missing mass ignored,
-    :math:`\sum_i p_{T,i} (\ell_{T,i} - \log q_{v_i})`. Also pulls mass into the top-k
-    (a truncated cross-entropy); not 0 when the distributions agree unless the top-k
-    hold all the mass. Use it when the teacher's top-k cover almost all its mass.
+    :math:`\sum_i p_{T,i} (\ell_{T,i} - \log q_{v_i})`. 0 when the student equals the
+    teacher, but not a divergence: it can be negative, and its minimum
+    (:math:`P \log P` with :math:`P = \sum_i p_{T,i}`) puts all the student's mass on the
+    k tokens. Use it when the teacher's top-k cover almost all its mass.
   - ``"tail"`` (DistillKit, TRL): a KL over k + 1 bins, the k tokens plus one bucket
     holding each side's remaining mass :math:`1 - \sum_i p_{T,i}` and
     :math:`1 - \sum_i q_{v_i}`. A proper divergence (0 iff the binned distributions

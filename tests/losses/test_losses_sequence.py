@@ -229,3 +229,130 @@ def test_jsd_beta_conventions():
 def test_bad_input_errors(call, error, match):
   with pytest.raises(error, match=match):
     call()
+
+
+# ------------------------------------------------------------------------------ sparse_kl
+def ref_sparse_kl(s, lt, idx, variant):
+  """Float64, probability space, straight from the definitions in the docstring."""
+  q = scipy.special.softmax(s, -1)
+  qk = np.take_along_axis(q, idx, -1)
+  pk = np.exp(lt)
+  if variant == "renormalized":
+    return np.sum(scipy.special.rel_entr(pk / pk.sum(-1, keepdims=True),
+                                         qk / qk.sum(-1, keepdims=True)), -1)
+  if variant == "partial":
+    return np.sum(pk * (lt - np.log(qk)), -1)
+  p_bins = np.concatenate([pk, 1 - pk.sum(-1, keepdims=True)], -1)
+  q_bins = np.concatenate([qk, 1 - qk.sum(-1, keepdims=True)], -1)
+  return np.sum(scipy.special.rel_entr(np.maximum(p_bins, 0), q_bins), -1)
+
+
+def _topk_teacher(shape, k, seed):
+  lt = scipy.special.log_softmax(_logits(shape, seed), -1)
+  idx = np.argsort(-lt, -1)[..., :k]
+  return np.take_along_axis(lt, idx, -1), idx
+
+
+VARIANTS = ("renormalized", "partial", "tail")
+SPARSE = jax.jit(lambda s, lt, idx, variant, w=None: losses.sparse_kl(s, lt, idx, variant=variant,
+                                                                       where=w),
+                 static_argnames="variant")
+
+
+@pytest.mark.parametrize("k", (1, 4, 12))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sparse_kl_matches_float64_reference(variant, k):
+  s = _logits((2, 3, 16), 20)
+  lt, idx = _topk_teacher((2, 3, 16), k, 21)
+  got = SPARSE(jnp.float32(s), jnp.float32(lt), jnp.asarray(idx, jnp.int32), variant)
+  assert got.shape == (2, 3) and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, ref_sparse_kl(s, lt, idx, variant), rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sparse_kl_gradients_match_finite_differences(variant):
+  s = _logits((3, 7), 22)
+  lt, idx = _topk_teacher((3, 7), 3, 23)
+  w = np.arange(1.0, 4.0)
+  with jax.enable_x64(True):
+    g = jax.jit(jax.grad(lambda s: jnp.sum(w * losses.sparse_kl(s, jnp.asarray(lt), jnp.asarray(
+        idx), variant=variant))))(jnp.asarray(s))
+    check_grads(lambda s: losses.sparse_kl(s, jnp.asarray(lt), jnp.asarray(idx), variant=variant),
+                (jnp.asarray(s),), order=1, modes=("rev",))
+  want = numeric_grad(lambda x: np.sum(w * ref_sparse_kl(x, lt, idx, variant)), s)
+  np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sparse_kl_with_all_tokens_is_the_full_forward_kl(variant):
+  """k = V, indices in a shuffled order: every variant is the full forward KL."""
+  s, t = _logits((5, 9), 24), _logits((5, 9), 25)
+  lt_full = scipy.special.log_softmax(t, -1)
+  idx = np.stack([np.random.default_rng(i).permutation(9) for i in range(5)])
+  lt = np.take_along_axis(lt_full, idx, -1)
+  args = jnp.float32(s), jnp.float32(lt), jnp.asarray(idx, jnp.int32)
+  full = losses.forward_kl(jnp.float32(s), jnp.float32(t))
+  np.testing.assert_allclose(SPARSE(*args, variant), full, rtol=1e-5, atol=1e-6)
+  g = jax.grad(lambda s: jnp.sum(losses.sparse_kl(s, *args[1:], variant=variant)))(args[0])
+  g_full = jax.grad(lambda s: jnp.sum(losses.forward_kl(s, jnp.float32(t))))(args[0])
+  assert np.all(np.isfinite(g))
+  np.testing.assert_allclose(g, g_full, rtol=1e-4, atol=1e-6)
+
+
+def test_sparse_kl_zero_when_student_is_teacher():
+  t = _logits((4, 10), 26)
+  lt, idx = _topk_teacher((4, 10), 3, 26)
+  for variant in VARIANTS:
+    np.testing.assert_allclose(SPARSE(jnp.float32(t), jnp.float32(lt), jnp.asarray(idx), variant),
+                               0.0, atol=1e-6)
+  # "partial" is not a divergence: a student with all its mass on the teacher's top-k,
+  # renormalised, reaches P log P < 0 (P: the teacher's top-k mass).
+  on_topk = np.full((4, 10), -1e4)
+  np.put_along_axis(on_topk, idx, lt, -1)
+  mass = np.exp(lt).sum(-1)
+  np.testing.assert_allclose(SPARSE(jnp.float32(on_topk), jnp.float32(lt), jnp.asarray(idx),
+                                    "partial"), mass * np.log(mass), rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sparse_kl_where_masks_tokens(variant):
+  s = _logits((5, 8), 27)
+  lt, idx = _topk_teacher((5, 8), 3, 28)
+  keep = np.array([True, False, True, True, False])
+  s[~keep] = np.nan
+  lt = np.array(lt, np.float16)  # float16 storage is upcast
+  got = SPARSE(jnp.float32(s), jnp.asarray(lt), jnp.asarray(idx), variant, jnp.asarray(keep))
+  want = SPARSE(jnp.float32(s[keep]), jnp.asarray(lt[keep]), jnp.asarray(idx[keep]), variant)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got[keep], want, rtol=1e-6)
+  np.testing.assert_array_equal(got[~keep], 0.0)
+  g = jax.grad(lambda s: jnp.sum(losses.sparse_kl(s, jnp.asarray(lt), jnp.asarray(idx),
+                                                  variant=variant, where=jnp.asarray(keep))))(
+      jnp.float32(s))
+  assert np.all(np.isfinite(g)) and np.all(g[~keep] == 0)
+
+
+def test_sparse_kl_extreme_logits_finite():
+  s = _logits((4, 12), 29, scale=1e4)
+  lt, idx = _topk_teacher((4, 12), 4, 30)
+  for variant in VARIANTS:
+    f = lambda s: losses.sparse_kl(s, jnp.float32(lt), jnp.asarray(idx), variant=variant)
+    value, g = f(jnp.float32(s)), jax.grad(lambda s: jnp.sum(f(s)))(jnp.float32(s))
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(g)), variant
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: losses.sparse_kl(jnp.zeros((2, 5)), jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32),
+                              variant="topk"), ValueError, "variant must be one of"),
+    (lambda: losses.sparse_kl(jnp.zeros((2, 5)), jnp.zeros((2, 3)), jnp.zeros((2, 3))),
+     TypeError, "teacher_topk_indices must have an integer dtype"),
+    (lambda: losses.sparse_kl(jnp.zeros((2, 5)), jnp.zeros((2, 6)), jnp.zeros((2, 6), jnp.int32)),
+     ValueError, "k <= V"),
+    (lambda: losses.sparse_kl(jnp.zeros((2, 5)), jnp.zeros((3, 2)), jnp.zeros((3, 2), jnp.int32)),
+     ValueError, "leading shape"),
+    (lambda: losses.sparse_kl(jnp.zeros((2, 5)), jnp.zeros((2, 2)), jnp.zeros((2, 2), jnp.int32),
+                              where=jnp.ones((3,), bool)), ValueError, "where"),
+])
+def test_sparse_kl_bad_input_errors(call, error, match):
+  with pytest.raises(error, match=match):
+    call()
