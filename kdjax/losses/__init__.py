@@ -21,6 +21,7 @@ from kdjax.losses._divergences import total_variation as total_variation
 from kdjax.losses._features import Projector as Projector
 from kdjax.losses._features import attention_transfer as attention_transfer
 from kdjax.losses._features import hint as hint
+from kdjax.losses._fused import fused_distillation_loss as fused_distillation_loss
 from kdjax.losses._kd import cross_entropy as cross_entropy
 from kdjax.losses._kd import dist as dist
 from kdjax.losses._kd import dkd as dkd
