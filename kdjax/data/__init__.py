@@ -11,3 +11,7 @@ from kdjax.data._mnist1d import load_mnist1d as load_mnist1d
 from kdjax.data._mnist1d import load_mnist1d_transfer as load_mnist1d_transfer
 from kdjax.data._registry import DATASETS as DATASETS
 from kdjax.data._registry import load_dataset as load_dataset
+from kdjax.data._topk_store import read_topk_logits as read_topk_logits
+from kdjax.data._topk_store import store_bytes_per_token as store_bytes_per_token
+from kdjax.data._topk_store import topk_store_files as topk_store_files
+from kdjax.data._topk_store import write_topk_logits as write_topk_logits
