@@ -74,7 +74,7 @@ def timing(steps: dict, n, d, v, repeats: int) -> dict:
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--smoke", action="store_true")
-  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
   if args.smoke:
     big = dict(n=256, d=32, v=1024, chunk=64)
@@ -97,6 +97,11 @@ def main():
     mem["size"] = big
     mem["peak_ratio"] = mem["fused"]["peak_bytes"] / mem["unfused"]["peak_bytes"]
     mem["temp_ratio"] = mem["fused"]["temp_bytes"] / mem["unfused"]["temp_bytes"]
+    small_chunk = big["chunk"] // 4  # a smaller chunk: less memory, more scan steps
+    mem[f"fused_chunk{small_chunk}"] = memory(make_step(True, div, small_chunk, kw), big["n"],
+                                             big["d"], big["v"])
+    mem[f"peak_ratio_chunk{small_chunk}"] = (mem[f"fused_chunk{small_chunk}"]["peak_bytes"]
+                                             / mem["unfused"]["peak_bytes"])
     result["memory"][div] = mem
     steps = {name: make_step(name == "fused", div, small["chunk"], kw)
              for name in ("unfused", "fused")}
@@ -120,6 +125,10 @@ def main():
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for div in divergences:
     m, t = result["memory"][div], result["time"][div]
+    c4 = big["chunk"] // 4
+    print(f"| {div} | chunk {c4} | | {gib(m[f'fused_chunk{c4}']['peak_bytes'])} | "
+          f"{m[f'peak_ratio_chunk{c4}']:.3f} | | {gib(m[f'fused_chunk{c4}']['temp_bytes'])} "
+          f"| | | | |")
     print(f"| {div} | {tuple(big.values())} | {gib(m['unfused']['peak_bytes'])} | "
           f"{gib(m['fused']['peak_bytes'])} | {m['peak_ratio']:.3f} | "
           f"{gib(m['unfused']['temp_bytes'])} | {gib(m['fused']['temp_bytes'])} | "
