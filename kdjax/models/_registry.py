@@ -8,10 +8,12 @@ import numpy as np
 
 from kdjax.models._cnn1d import CNN1D
 from kdjax.models._mlp import MLP
+from kdjax.models._transformer import Transformer
 
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "cnn1d": CNN1D,
+    "transformer": Transformer,
 }
 
 
