@@ -71,11 +71,35 @@ def timing(steps: dict, n, d, v, repeats: int) -> dict:
                       for k, t in times.items()}}
 
 
+def add_memory_chunks(chunks: list[int]) -> None:
+  """Adds the fused loss's compiled peak memory at other chunk sizes to the results JSON."""
+  path = os.path.join(os.path.dirname(__file__), "results", "fused_loss_memory.json")
+  with open(path) as f:
+    result = json.load(f)
+  for div, mem in result["memory"].items():
+    kw = {"beta": 0.5} if div == "generalized_jsd" else {}
+    big = mem["size"]
+    for chunk in chunks:
+      m = memory(make_step(True, div, chunk, kw), big["n"], big["d"], big["v"])
+      mem[f"fused_chunk{chunk}"] = m
+      mem[f"peak_ratio_chunk{chunk}"] = m["peak_bytes"] / mem["unfused"]["peak_bytes"]
+      print(f"{div} chunk {chunk}: fused peak {m['peak_bytes'] / 2**30:.2f} GiB "
+            f"(temp {m['temp_bytes'] / 2**30:.2f}), ratio {mem[f'peak_ratio_chunk{chunk}']:.3f}")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--smoke", action="store_true")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--memory-chunks", default="",
+                      help="only compile the big size with these chunk sizes (e.g. 256,512) "
+                           "and add them to the existing results JSON")
   args = parser.parse_args()
+  if args.memory_chunks:
+    add_memory_chunks([int(x) for x in args.memory_chunks.split(",")])
+    return
   if args.smoke:
     big = dict(n=256, d=32, v=1024, chunk=64)
     small = dict(n=128, d=16, v=512, chunk=32)
@@ -97,11 +121,6 @@ def main():
     mem["size"] = big
     mem["peak_ratio"] = mem["fused"]["peak_bytes"] / mem["unfused"]["peak_bytes"]
     mem["temp_ratio"] = mem["fused"]["temp_bytes"] / mem["unfused"]["temp_bytes"]
-    small_chunk = big["chunk"] // 4  # a smaller chunk: less memory, more scan steps
-    mem[f"fused_chunk{small_chunk}"] = memory(make_step(True, div, small_chunk, kw), big["n"],
-                                             big["d"], big["v"])
-    mem[f"peak_ratio_chunk{small_chunk}"] = (mem[f"fused_chunk{small_chunk}"]["peak_bytes"]
-                                             / mem["unfused"]["peak_bytes"])
     result["memory"][div] = mem
     steps = {name: make_step(name == "fused", div, small["chunk"], kw)
              for name in ("unfused", "fused")}
@@ -125,10 +144,6 @@ def main():
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for div in divergences:
     m, t = result["memory"][div], result["time"][div]
-    c4 = big["chunk"] // 4
-    print(f"| {div} | chunk {c4} | | {gib(m[f'fused_chunk{c4}']['peak_bytes'])} | "
-          f"{m[f'peak_ratio_chunk{c4}']:.3f} | | {gib(m[f'fused_chunk{c4}']['temp_bytes'])} "
-          f"| | | | |")
     print(f"| {div} | {tuple(big.values())} | {gib(m['unfused']['peak_bytes'])} | "
           f"{gib(m['fused']['peak_bytes'])} | {m['peak_ratio']:.3f} | "
           f"{gib(m['unfused']['temp_bytes'])} | {gib(m['fused']['temp_bytes'])} | "
