@@ -110,7 +110,7 @@ def reverse_kl(student_logits: jax.Array, teacher_logits: jax.Array, *,
     >>> import jax.numpy as jnp
     >>> from kdjax.losses import reverse_kl
     >>> round(float(reverse_kl(jnp.array([[0.0, 0.0]]), jnp.array([[0.0, 1.0]]))[0]), 4)
-    0.0638
+    0.1201
 
   References:
     Gu, Dong, Wei & Huang, "MiniLLM: Knowledge Distillation of Large Language Models",
@@ -155,8 +155,8 @@ def generalized_jsd(student_logits: jax.Array, teacher_logits: jax.Array, *,
     >>> import jax.numpy as jnp
     >>> from kdjax.losses import generalized_jsd
     >>> s, t = jnp.array([[0.0, 0.0]]), jnp.array([[0.0, 1.0]])
-    >>> bool(generalized_jsd(s, t, beta=0.5)[0] < 0.02)
-    True
+    >>> round(float(generalized_jsd(s, t, beta=0.5)[0]), 4)
+    0.0285
 
   References:
     Agarwal et al., "On-Policy Distillation of Language Models: Learning from
@@ -207,8 +207,8 @@ def skew_kl(student_logits: jax.Array, teacher_logits: jax.Array, *,
   Examples:
     >>> import jax.numpy as jnp
     >>> from kdjax.losses import skew_kl
-    >>> skew_kl(jnp.array([[1.0, 2.0]]), jnp.array([[1.0, 2.0]]))
-    Array([0.], dtype=float32)
+    >>> bool(abs(skew_kl(jnp.array([[1.0, 2.0]]), jnp.array([[1.0, 2.0]]))[0]) < 1e-6)
+    True
 
   References:
     Ko, Kim, Chen & Yun, "DistiLLM: Towards Streamlined Distillation for Large Language
@@ -246,8 +246,8 @@ def skew_reverse_kl(student_logits: jax.Array, teacher_logits: jax.Array, *,
   Examples:
     >>> import jax.numpy as jnp
     >>> from kdjax.losses import skew_reverse_kl
-    >>> skew_reverse_kl(jnp.array([[1.0, 2.0]]), jnp.array([[1.0, 2.0]]))
-    Array([0.], dtype=float32)
+    >>> bool(abs(skew_reverse_kl(jnp.array([[1.0, 2.0]]), jnp.array([[1.0, 2.0]]))[0]) < 1e-6)
+    True
 
   References:
     Ko, Kim, Chen & Yun, "DistiLLM: Towards Streamlined Distillation for Large Language
