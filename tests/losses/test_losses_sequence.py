@@ -356,3 +356,31 @@ def test_sparse_kl_extreme_logits_finite():
 def test_sparse_kl_bad_input_errors(call, error, match):
   with pytest.raises(error, match=match):
     call()
+
+
+# ------------------------------------------------------------------------ make_objective
+def test_divergences_are_objective_terms():
+  s, t = jnp.float32(_logits((6, 9), 31)), jnp.float32(_logits((6, 9), 32))
+  where = jnp.array([True, True, False, True, True, True])
+  terms = {"forward_kl": {"weight": 1.0, "temperature": 2.0},
+           "reverse_kl": {"weight": 0.5},
+           "generalized_jsd": {"weight": 2.0, "beta": 0.3},
+           "skew_kl": {"weight": 1.0, "alpha": 0.2},
+           "skew_reverse_kl": {"weight": 1.0},
+           "total_variation": {"weight": 3.0}}
+  objective = losses.make_objective(terms)
+  inputs = losses.LossInputs(student_logits=s, teacher_logits=t, where=where)
+  loss, metrics = jax.jit(lambda i: objective({}, i))(inputs)
+  keep = np.asarray(where)
+  want = {"forward_kl": ref_forward_kl(np.float64(s)[keep], np.float64(t)[keep], 2.0),
+          "reverse_kl": ref_reverse_kl(np.float64(s)[keep], np.float64(t)[keep]),
+          "generalized_jsd": ref_jsd(np.float64(s)[keep], np.float64(t)[keep], 0.3),
+          "skew_kl": ref_skew_kl(np.float64(s)[keep], np.float64(t)[keep], 0.2),
+          "skew_reverse_kl": ref_skew_reverse_kl(np.float64(s)[keep], np.float64(t)[keep], 0.1),
+          "total_variation": ref_tv(np.float64(s)[keep], np.float64(t)[keep])}
+  for name, value in want.items():
+    np.testing.assert_allclose(metrics[f"loss/{name}"], value.mean(), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(loss, sum(terms[n]["weight"] * v.mean() for n, v in want.items()),
+                             rtol=1e-4)
+  with pytest.raises(ValueError):
+    losses.make_objective({"generalized_jsd": {"weight": 1.0, "alpha": 0.1}})
