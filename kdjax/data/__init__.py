@@ -33,3 +33,7 @@ from kdjax.data._tfds import ImageDatasetSpec as ImageDatasetSpec
 from kdjax.data._tfds import dataset_spec as dataset_spec
 from kdjax.data._tfds import tfds_source as tfds_source
 from kdjax.data._from_config import pipelines_from_config as pipelines_from_config
+from kdjax.data._topk_store import read_topk_logits as read_topk_logits
+from kdjax.data._topk_store import store_bytes_per_token as store_bytes_per_token
+from kdjax.data._topk_store import topk_store_files as topk_store_files
+from kdjax.data._topk_store import write_topk_logits as write_topk_logits
