@@ -164,7 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       teacher_logits=t_logits, student_features=s_features, teacher_features=t_features,
       student_params=student_params, teacher_params=teacher_params))
   params = {"student": student_params, "aux": aux_params}
-  tx = make_optimizer(config.optimizer, config.num_steps)
+  tx = make_optimizer(config.optimizer, config.num_steps,
+                      steps_per_epoch=len(train_x) // config.batch_size)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
   state = jax.device_put(state, replicated)
 
