@@ -64,6 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.num_devices = 0           # 0: every device
   c.progress_bar = True
+  c.on_nonfinite = "stop"     # NaN/inf loss or gradient: "stop" (error) or "skip" the update
   return c
 
 
