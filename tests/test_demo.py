@@ -94,8 +94,8 @@ def test_config_docstrings_point_to_measured_results_instead_of_numbers():
   for path in sorted((REPO / "configs").rglob("*.py")):
     doc = ast.get_docstring(ast.parse(path.read_text()))
     assert not re.search(r"\d+\.\d+ ?%|\+- ?\d", doc), f"{path.name} quotes a number"
-    expected = doc[doc.index("Expected"):].split("Args:")[0]
-    rows = re.findall(r"rows? ((?:\w+(?:, | and )?)+)", expected)
+    expected = " ".join(doc[doc.index("Expected"):].split("Args:")[0].split())
+    rows = re.findall(r"\brows? ((?:\w+(?:, | and )?)+)", expected)
     keys = re.findall(r'"([^"]+)"', expected.replace('"Results: kdjax demo"', ""))
     assert rows or keys, f"{path.name}: Expected names no result"
     for names in rows:

@@ -83,3 +83,12 @@ def test_old_checkpoints_are_deleted_only_after_the_newer_one_is_committed(tmp_p
     assert max(committed) > max(steps)  # the newer step was already committed (renamed from tmp)
   assert sorted(p.name for p in ckpt.checkpoint_dir(tmp_path).iterdir()) == ["3"]
   manager.close()
+
+
+def test_a_checkpoint_of_another_optimizer_is_not_mistaken_for_damage(tmp_path):
+  workdir = tmp_path / "w"
+  train_and_evaluate(smoke(num_steps=20), str(workdir))
+  with pytest.raises(ValueError, match="checkpoint step 20 .* is intact but does not fit"):
+    train_and_evaluate(smoke(**{"optimizer.name": "sgd"}), str(workdir))
+  assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["20"]
+  assert not (workdir / "damaged_checkpoints").exists()

@@ -43,19 +43,33 @@ def _first_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
+def _readable(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether ``step`` restores as raw arrays (no target structure): its files are intact."""
+  try:
+    manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return True
+  except Exception:  # noqa: BLE001 - any failure to read means damaged files
+    return False
+
+
 def _restore_newest_good(manager: ocp.CheckpointManager, restore: Callable[[int], Any], *,
                          quarantine: pathlib.Path | None) -> Any | None:
   """``restore(step)`` of the newest step that restores; damaged newer steps are warned
   about (and moved to ``quarantine`` when given). ``None`` when no step exists.
 
   Raises:
-    ValueError: if steps exist but none of them restores.
+    ValueError: if steps exist but none of them restores, or a step's files are intact
+      but do not fit the target (another model or optimizer: not damage).
   """
   damaged = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       result = restore(step)
     except Exception as e:  # TensorStore, JSON, msgpack, ... errors of a damaged step
+      if _readable(manager, step):
+        raise ValueError(f"checkpoint step {step} in {manager.directory} is intact but does "
+                         f"not fit this run's train state (another model, objective or "
+                         f"optimizer?): {_first_line(e)}. Use a new --workdir") from None
       damaged.append(step)
       where = manager.directory / str(step)
       note = ""
