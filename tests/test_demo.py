@@ -103,3 +103,14 @@ def test_config_docstrings_point_to_measured_results_instead_of_numbers():
         assert f"| {row} |" in readme, f"{path.name}: README has no row {row!r}"
     for key in keys:
       assert key in studies, f"{path.name}: {key!r} is not in mnist1d_accuracy.json"
+
+
+def test_readme_study_table_is_the_one_generated_from_the_results_json():
+  """README's studies table is benchmarks/results/mnist1d_accuracy.md verbatim, and that
+  table is mean +- std of the per-seed values in mnist1d_accuracy.json."""
+  import numpy as np
+  table = (REPO / "benchmarks/results/mnist1d_accuracy.md").read_text().strip()
+  assert table in (REPO / "README.md").read_text()
+  studies = json.loads((REPO / "benchmarks/results/mnist1d_accuracy.json").read_text())
+  for key, values in studies.items():
+    assert f"| {key} | {np.mean(values):.1f} +- {np.std(values):.1f} | {len(values)} |" in table
