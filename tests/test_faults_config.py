@@ -1,7 +1,6 @@
 """Bad configuration and bad inputs: each is one error naming the field or the path,
 raised before any training step (no metrics line, no checkpoint)."""
 
-import json
 import os
 import pathlib
 import shutil
