@@ -20,7 +20,7 @@ from kdjax.training import load_params, train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NUM_STEPS = 600
-KILL_AT = (60, 180, 300, 420, 520)  # steps; kills 2 and 4 wait for an async save in flight
+KILL_AT = (60, 160, 260, 360, 440)  # steps; kills 2 and 4 wait for an async save in flight
 COMMON = {"num_steps": NUM_STEPS, "log_every": 10, "eval_every": NUM_STEPS,
           "checkpoint_every": 50, "progress_bar": False}
 UNINTERRUPTED = {**COMMON, "checkpoint_every": NUM_STEPS}  # same params, fewer saves
@@ -66,7 +66,7 @@ def kill_and_resume(cmd, workdir: pathlib.Path, env) -> dict:
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
       if last_step(workdir) >= target and (i % 2 == 0 or unfinished_saves(workdir) - leftovers
-                                           or last_step(workdir) >= target + 60):
+                                           or last_step(workdir) >= target + 100):
         break
       time.sleep(0.002)
     assert proc.poll() is None, f"run ended before kill point {target}: {proc.stderr.read()[-2000:]}"
