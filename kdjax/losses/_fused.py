@@ -5,6 +5,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.losses import _checks
 from kdjax.losses import _divergences
@@ -104,7 +105,6 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
     where = _checks.check_where(fn, where, (n,), "the tokens (student_hidden.shape[0])")
     hs = jnp.where(where[:, None], hs, 0)  # select: NaN rows never reach a matmul
     ht = jnp.where(where[:, None], ht, 0)
-  div = DIVERGENCES[divergence]
 
   c = min(chunk_size, n)
   chunks = -(-n // c)
@@ -113,18 +113,95 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
   hs_p = jnp.pad(hs, ((0, pad), (0, 0)))
   ht_p = jnp.pad(ht, ((0, pad), (0, 0)))
   # Token j * chunks + i -> chunk i, row j (interleaved: a token sharding stays on the rows).
-  hs_c = hs_p.reshape(c, chunks, -1).swapaxes(0, 1)
-  ht_c = ht_p.reshape(c, chunks, -1).swapaxes(0, 1)
-
-  @jax.checkpoint
-  def chunk_loss(h_s, h_t, w_s, w_t):
-    return div(h_s @ w_s, h_t @ w_t, temperature=temperature, **divergence_kwargs)
-
-  def body(carry, xs):
-    return carry, chunk_loss(xs[0], xs[1], ws, wt)
-
-  _, out = jax.lax.scan(body, None, (hs_c, ht_c))
+  # [c, chunks, d] is a free reshape; chunk i is a slice along axis 1, read and written in place.
+  hs_c = hs_p.reshape(c, chunks, -1)
+  ht_c = ht_p.reshape(c, chunks, -1)
+  # Array-valued hyperparameters are differentiable arguments; Python numbers stay static.
+  params = {"temperature": temperature, **divergence_kwargs}
+  traced = {k: v for k, v in params.items() if isinstance(v, (jax.Array, np.ndarray))}
+  static = {k: v for k, v in params.items() if k not in traced}
+  v_blocks = _vocab_blocks(ws.shape[1], max(ws.shape[0], wt.shape[0]), c)
+  out = _chunked(DIVERGENCES[divergence], static, v_blocks)(hs_c, ws, ht_c, wt, traced)
   out = out.swapaxes(0, 1).reshape(-1)[:n]
   if where is not None:
     out = jnp.where(where, out, 0.0)
   return out
+
+
+def _dot_t(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a @ b.T`` without materialising ``b.T``."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+
+
+def _t_dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a.T @ b`` without materialising ``a.T``."""
+  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+
+
+def _vocab_blocks(v: int, d: int, c: int) -> int:
+  """How many interleaved vocabulary blocks the head gradient is accumulated in.
+
+  The smallest divisor ``b`` of ``V`` with a ``[d, V / b]`` update no larger than a
+  ``[c, V]`` chunk of logits (1 when ``V`` has no such divisor below ``64 d / c``).
+  """
+  target = -(-d // c)
+  for b in range(max(target, 1), 64 * target + 1):
+    if v % b == 0:
+      return b
+  return 1
+
+
+def _chunked(div: Callable[..., jax.Array], static: dict[str, Any],
+             v_blocks: int) -> Callable[..., jax.Array]:
+  """Per-token ``div`` of ``[c, chunks, d]`` hidden states, token chunk ``i`` = ``[:, i]``.
+
+  The custom VJP saves nothing but the inputs; its backward pass recomputes each chunk's
+  logits once, takes the divergence's VJP on the chunk, writes the chunk's hidden-state
+  gradient in place and adds ``h^T dz`` to the head gradient one interleaved vocabulary
+  block (columns ``j, j + b, ...``) at a time, so no ``[d, V]`` temporary besides the
+  gradient itself, which XLA keeps in the output buffer.
+  """
+
+  def chunk(x: jax.Array, i: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False)
+
+  @jax.custom_vjp
+  def f(hs_c, ws, ht_c, wt, traced):
+    def body(_, i):
+      return None, div(chunk(hs_c, i) @ ws, chunk(ht_c, i) @ wt, **static, **traced)
+    return jax.lax.scan(body, None, jnp.arange(hs_c.shape[1]))[1]
+
+  def fwd(hs_c, ws, ht_c, wt, traced):
+    return f(hs_c, ws, ht_c, wt, traced), (hs_c, ws, ht_c, wt, traced)
+
+  def add_head_grad(d_w, h, dz):
+    """``d_w + h^T dz`` over ``v_blocks`` interleaved vocabulary blocks, in place."""
+    d, v = d_w.shape
+    d_w3, dz3 = d_w.reshape(d, v // v_blocks, v_blocks), dz.reshape(-1, v // v_blocks, v_blocks)
+
+    def block(j, d_w3):
+      dz_j = jax.lax.dynamic_index_in_dim(dz3, j, axis=2, keepdims=False)
+      upd = _t_dot(h, dz_j) + jax.lax.dynamic_index_in_dim(d_w3, j, axis=2, keepdims=False)
+      return jax.lax.dynamic_update_index_in_dim(d_w3, upd, j, axis=2)
+
+    return jax.lax.fori_loop(0, v_blocks, block, d_w3).reshape(d, v)
+
+  def bwd(res, g):
+    hs_c, ws, ht_c, wt, traced = res
+
+    def body(i, carry):
+      d_hs, d_ws, d_ht, d_wt, d_traced = carry
+      h_s, h_t = chunk(hs_c, i), chunk(ht_c, i)
+      z_s, z_t = h_s @ ws, h_t @ wt  # the chunk's logits, recomputed once
+      _, vjp = jax.vjp(lambda a, b, p: div(a, b, **static, **p), z_s, z_t, traced)
+      dz_s, dz_t, dp = vjp(g[i])
+      d_hs = jax.lax.dynamic_update_index_in_dim(d_hs, _dot_t(dz_s, ws), i, axis=1)
+      d_ht = jax.lax.dynamic_update_index_in_dim(d_ht, _dot_t(dz_t, wt), i, axis=1)
+      return (d_hs, add_head_grad(d_ws, h_s, dz_s), d_ht, add_head_grad(d_wt, h_t, dz_t),
+              jax.tree.map(jnp.add, d_traced, dp))
+
+    init = tuple(jax.tree.map(jnp.zeros_like, (hs_c, ws, ht_c, wt, traced)))
+    return jax.lax.fori_loop(0, hs_c.shape[1], body, init)
+
+  f.defvjp(fwd, bwd)
+  return f
