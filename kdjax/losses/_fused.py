@@ -40,10 +40,16 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
 
   equal in value and gradient to ``divergence(student_hidden @ student_head,
   teacher_hidden @ teacher_head, temperature=T, **divergence_kwargs)``. Tokens are processed
-  in chunks of ``chunk_size`` under ``lax.scan``; each chunk's logits are recomputed in the
-  backward pass (``jax.checkpoint``), so forward and backward peak memory grow with
-  ``chunk_size * V`` instead of ``N * V`` (plus the ``[d, V]`` head gradient), at the cost
-  of recomputing the two projections once (6 instead of 4 ``N d V`` matmuls).
+  in chunks of ``chunk_size``; a ``jax.custom_vjp`` saves only the inputs and ``[N]``
+  statistics, and its backward pass recomputes each chunk's logits once, writes the chunk's
+  hidden-state gradient in place and adds :math:`h^\top \partial z` to the head gradient
+  in interleaved vocabulary blocks, so the head gradient lives only in the output buffer
+  and forward and backward peak memory grow with ``chunk_size * V`` instead of ``N * V``.
+  Forward KL, reverse KL and the generalised JSD (Python-number hyperparameters) use
+  closed-form gradients from the saved log-normalisers; the other divergences, and array
+  hyperparameters, take the divergence's own VJP on each chunk. The backward pass runs the
+  two projections again: 6 instead of 4 ``N d V`` matmuls (8 instead of 6 when the teacher's
+  gradients are asked for too; unrequested ones are pruned by XLA).
 
   Sharded inputs need nothing extra: under ``jit`` with hidden states sharded over tokens
   and heads over the vocabulary (``P(None, "model")``), the softmax normalisers are exact
@@ -121,7 +127,11 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
   traced = {k: v for k, v in params.items() if isinstance(v, (jax.Array, np.ndarray))}
   static = {k: v for k, v in params.items() if k not in traced}
   v_blocks = _vocab_blocks(ws.shape[1], max(ws.shape[0], wt.shape[0]), c)
-  out = _chunked(DIVERGENCES[divergence], static, v_blocks)(hs_c, ws, ht_c, wt, traced)
+  rule = None if traced else _closed_form_rule(divergence, static)
+  if rule is not None:
+    out = _chunked_closed_form(rule, static["temperature"], v_blocks)(hs_c, ws, ht_c, wt)
+  else:
+    out = _chunked(DIVERGENCES[divergence], static, v_blocks)(hs_c, ws, ht_c, wt, traced)
   out = out.swapaxes(0, 1).reshape(-1)[:n]
   if where is not None:
     out = jnp.where(where, out, 0.0)
@@ -151,6 +161,129 @@ def _vocab_blocks(v: int, d: int, c: int) -> int:
   return 1
 
 
+def _chunk(x: jax.Array, i: jax.Array) -> jax.Array:
+  """Token chunk ``i`` of ``[c, chunks, ...]``: ``[c, ...]``."""
+  return jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False)
+
+
+def _add_head_grad(d_w: jax.Array, h: jax.Array, dz: jax.Array, v_blocks: int) -> jax.Array:
+  """``d_w + h^T dz`` over ``v_blocks`` interleaved vocabulary blocks, in place."""
+  d, v = d_w.shape
+  d_w3, dz3 = d_w.reshape(d, v // v_blocks, v_blocks), dz.reshape(-1, v // v_blocks, v_blocks)
+
+  def block(j, d_w3):
+    dz_j = jax.lax.dynamic_index_in_dim(dz3, j, axis=2, keepdims=False)
+    upd = _t_dot(h, dz_j) + jax.lax.dynamic_index_in_dim(d_w3, j, axis=2, keepdims=False)
+    return jax.lax.dynamic_update_index_in_dim(d_w3, upd, j, axis=2)
+
+  return jax.lax.fori_loop(0, v_blocks, block, d_w3).reshape(d, v)
+
+
+def _kl(lp_a: jax.Array, lp_b: jax.Array) -> jax.Array:
+  return jnp.sum(jnp.exp(lp_a) * (lp_a - lp_b), axis=-1)
+
+
+def _closed_form_rule(divergence: str, static: dict[str, Any]) -> tuple[Callable, Callable] | None:
+  r"""``value(lp_s, lp_t) -> (value, stats)`` and ``grads(lp_s, lp_t, stats) -> (d/ds', d/dt')``
+  of the divergence over ``T^2``, with ``s' = s / T``, ``t' = t / T``.
+
+  Forward and reverse KL and the interior generalised JSD have short closed-form gradients
+  in the log-probabilities, so the backward pass needs only the per-token log-normalisers
+  and KL terms saved by the forward pass (the others take the generic VJP):
+
+  .. math::
+    \partial_{s'} \mathrm{KL}(p_T\|p_S) = p_S - p_T, \quad
+    \partial_{t'} \mathrm{KL}(p_T\|p_S) = p_T \odot (\log p_T - \log p_S - \mathrm{KL}),
+
+    \partial_{s'} \mathrm{JSD}_\beta = (1 - \beta)\, p_S \odot (\log p_S - \log M
+    - \mathrm{KL}(p_S\|M)), \quad
+    \partial_{t'} \mathrm{JSD}_\beta = \beta\, p_T \odot (\log p_T - \log M
+    - \mathrm{KL}(p_T\|M)).
+  """
+  allowed = {"temperature", "beta"} if divergence == "generalized_jsd" else {"temperature"}
+  if not set(static) <= allowed or np.ndim(static.get("beta", 0.5)) != 0:
+    return None  # the divergence itself reports unknown or bad arguments
+  beta = float(static.get("beta", 0.5))
+  if divergence == "generalized_jsd":
+    divergence = {0.0: "forward_kl", 1.0: "reverse_kl"}.get(beta, divergence)
+  if divergence == "forward_kl":  # stats: KL(p_T || p_S)
+    value = lambda lp_s, lp_t: (_kl(lp_t, lp_s),) * 2
+    grads = lambda lp_s, lp_t, kl: (jnp.exp(lp_s) - jnp.exp(lp_t),
+                                    jnp.exp(lp_t) * (lp_t - lp_s - kl[:, None]))
+    return value, grads
+  if divergence == "reverse_kl":  # stats: KL(p_S || p_T)
+    value = lambda lp_s, lp_t: (_kl(lp_s, lp_t),) * 2
+    grads = lambda lp_s, lp_t, kl: (jnp.exp(lp_s) * (lp_s - lp_t - kl[:, None]),
+                                    jnp.exp(lp_t) - jnp.exp(lp_s))
+    return value, grads
+  if divergence == "generalized_jsd" and 0 < beta < 1:
+    log_mix = lambda lp_s, lp_t: jnp.logaddexp(lp_t + np.log(beta), lp_s + np.log1p(-beta))
+
+    def value(lp_s, lp_t):  # stats: KL(p_T || M), KL(p_S || M)
+      lp_m = log_mix(lp_s, lp_t)
+      k_t, k_s = _kl(lp_t, lp_m), _kl(lp_s, lp_m)
+      return beta * k_t + (1 - beta) * k_s, (k_t, k_s)
+
+    def grads(lp_s, lp_t, stats):
+      lp_m = log_mix(lp_s, lp_t)
+      return ((1 - beta) * jnp.exp(lp_s) * (lp_s - lp_m - stats[1][:, None]),
+              beta * jnp.exp(lp_t) * (lp_t - lp_m - stats[0][:, None]))
+    return value, grads
+  return None
+
+
+def _chunked_closed_form(rule: Callable, temperature: float,
+                         v_blocks: int) -> Callable[..., jax.Array]:
+  """Like :func:`_chunked` for a :func:`_closed_form_rule`: the forward pass saves ``[N]``
+  statistics (both log-normalisers at temperature ``T``), the backward pass rebuilds the
+  log-probabilities from them and applies the closed-form gradient, without a second pass
+  through the divergence."""
+  t = float(np.asarray(temperature))
+  value_fn, grads_fn = rule
+
+  def log_probs(h_s, w_s, h_t, w_t, lse=None):
+    z_s, z_t = (h_s / t) @ w_s, (h_t / t) @ w_t  # scale [c, d], not [c, V]
+    if lse is None:
+      lse = (jax.nn.logsumexp(z_s, axis=-1), jax.nn.logsumexp(z_t, axis=-1))
+    return z_s - lse[0][:, None], z_t - lse[1][:, None], lse
+
+  def forward(hs_c, ws, ht_c, wt):
+    def body(_, i):
+      lp_s, lp_t, lse = log_probs(_chunk(hs_c, i), ws, _chunk(ht_c, i), wt)
+      value, stats = value_fn(lp_s, lp_t)
+      return None, (t**2 * value, (lse, stats))
+    return jax.lax.scan(body, None, jnp.arange(hs_c.shape[1]))[1]
+
+  @jax.custom_vjp
+  def f(hs_c, ws, ht_c, wt):
+    return forward(hs_c, ws, ht_c, wt)[0]
+
+  def fwd(hs_c, ws, ht_c, wt):
+    out, saved = forward(hs_c, ws, ht_c, wt)
+    return out, (hs_c, ws, ht_c, wt, saved)
+
+  def bwd(res, g):
+    hs_c, ws, ht_c, wt, saved = res
+
+    def body(i, carry):
+      d_hs, d_ws, d_ht, d_wt = carry
+      lse, stats = jax.tree.map(lambda x: x[i], saved)
+      h_s, h_t = _chunk(hs_c, i), _chunk(ht_c, i)
+      lp_s, lp_t, _ = log_probs(h_s, ws, h_t, wt, lse)  # the chunk's logits, recomputed once
+      scale = (t * g[i])[:, None]  # d(T^2 value)/dz = T d value/dz', z' = z / T
+      dz_s, dz_t = (scale * dz for dz in grads_fn(lp_s, lp_t, stats))
+      d_hs = jax.lax.dynamic_update_index_in_dim(d_hs, _dot_t(dz_s, ws), i, axis=1)
+      d_ht = jax.lax.dynamic_update_index_in_dim(d_ht, _dot_t(dz_t, wt), i, axis=1)
+      return (d_hs, _add_head_grad(d_ws, h_s, dz_s, v_blocks), d_ht,
+              _add_head_grad(d_wt, h_t, dz_t, v_blocks))
+
+    init = tuple(jax.tree.map(jnp.zeros_like, (hs_c, ws, ht_c, wt)))
+    return jax.lax.fori_loop(0, hs_c.shape[1], body, init)
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
 def _chunked(div: Callable[..., jax.Array], static: dict[str, Any],
              v_blocks: int) -> Callable[..., jax.Array]:
   """Per-token ``div`` of ``[c, chunks, d]`` hidden states, token chunk ``i`` = ``[:, i]``.
@@ -162,42 +295,28 @@ def _chunked(div: Callable[..., jax.Array], static: dict[str, Any],
   gradient itself, which XLA keeps in the output buffer.
   """
 
-  def chunk(x: jax.Array, i: jax.Array) -> jax.Array:
-    return jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False)
-
   @jax.custom_vjp
   def f(hs_c, ws, ht_c, wt, traced):
     def body(_, i):
-      return None, div(chunk(hs_c, i) @ ws, chunk(ht_c, i) @ wt, **static, **traced)
+      return None, div(_chunk(hs_c, i) @ ws, _chunk(ht_c, i) @ wt, **static, **traced)
     return jax.lax.scan(body, None, jnp.arange(hs_c.shape[1]))[1]
 
   def fwd(hs_c, ws, ht_c, wt, traced):
     return f(hs_c, ws, ht_c, wt, traced), (hs_c, ws, ht_c, wt, traced)
-
-  def add_head_grad(d_w, h, dz):
-    """``d_w + h^T dz`` over ``v_blocks`` interleaved vocabulary blocks, in place."""
-    d, v = d_w.shape
-    d_w3, dz3 = d_w.reshape(d, v // v_blocks, v_blocks), dz.reshape(-1, v // v_blocks, v_blocks)
-
-    def block(j, d_w3):
-      dz_j = jax.lax.dynamic_index_in_dim(dz3, j, axis=2, keepdims=False)
-      upd = _t_dot(h, dz_j) + jax.lax.dynamic_index_in_dim(d_w3, j, axis=2, keepdims=False)
-      return jax.lax.dynamic_update_index_in_dim(d_w3, upd, j, axis=2)
-
-    return jax.lax.fori_loop(0, v_blocks, block, d_w3).reshape(d, v)
 
   def bwd(res, g):
     hs_c, ws, ht_c, wt, traced = res
 
     def body(i, carry):
       d_hs, d_ws, d_ht, d_wt, d_traced = carry
-      h_s, h_t = chunk(hs_c, i), chunk(ht_c, i)
+      h_s, h_t = _chunk(hs_c, i), _chunk(ht_c, i)
       z_s, z_t = h_s @ ws, h_t @ wt  # the chunk's logits, recomputed once
       _, vjp = jax.vjp(lambda a, b, p: div(a, b, **static, **p), z_s, z_t, traced)
       dz_s, dz_t, dp = vjp(g[i])
       d_hs = jax.lax.dynamic_update_index_in_dim(d_hs, _dot_t(dz_s, ws), i, axis=1)
       d_ht = jax.lax.dynamic_update_index_in_dim(d_ht, _dot_t(dz_t, wt), i, axis=1)
-      return (d_hs, add_head_grad(d_ws, h_s, dz_s), d_ht, add_head_grad(d_wt, h_t, dz_t),
+      return (d_hs, _add_head_grad(d_ws, h_s, dz_s, v_blocks), d_ht,
+              _add_head_grad(d_wt, h_t, dz_t, v_blocks),
               jax.tree.map(jnp.add, d_traced, dp))
 
     init = tuple(jax.tree.map(jnp.zeros_like, (hs_c, ws, ht_c, wt, traced)))
