@@ -152,9 +152,9 @@ def _vocab_blocks(v: int, d: int, c: int) -> int:
   """How many interleaved vocabulary blocks the head gradient is accumulated in.
 
   The smallest divisor ``b`` of ``V`` with a ``[d, V / b]`` update no larger than a
-  ``[c, V]`` chunk of logits (1 when ``V`` has no such divisor below ``64 d / c``).
+  half ``[c, V]`` chunk of logits (1 when ``V`` has no such divisor below ``128 d / c``).
   """
-  target = -(-d // c)
+  target = 2 * -(-d // c)
   for b in range(max(target, 1), 64 * target + 1):
     if v % b == 0:
       return b
@@ -166,17 +166,23 @@ def _chunk(x: jax.Array, i: jax.Array) -> jax.Array:
   return jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False)
 
 
-def _add_head_grad(d_w: jax.Array, h: jax.Array, dz: jax.Array, v_blocks: int) -> jax.Array:
-  """``d_w + h^T dz`` over ``v_blocks`` interleaved vocabulary blocks, in place."""
+def _block_grads(d_w: jax.Array, h: jax.Array, dz: jax.Array, w: jax.Array,
+                 v_blocks: int) -> tuple[jax.Array, jax.Array]:
+  """``(dz @ w^T, d_w + h^T dz)`` over ``v_blocks`` interleaved vocabulary blocks, ``d_w``
+  updated in place; ``dz`` is read only here, so XLA materialises it once."""
   d, v = d_w.shape
-  d_w3, dz3 = d_w.reshape(d, v // v_blocks, v_blocks), dz.reshape(-1, v // v_blocks, v_blocks)
+  d_w3, w3 = d_w.reshape(d, v // v_blocks, v_blocks), w.reshape(d, v // v_blocks, v_blocks)
+  dz3 = dz.reshape(-1, v // v_blocks, v_blocks)
+  take = lambda x, j: jax.lax.dynamic_index_in_dim(x, j, axis=2, keepdims=False)
 
-  def block(j, d_w3):
-    dz_j = jax.lax.dynamic_index_in_dim(dz3, j, axis=2, keepdims=False)
-    upd = _t_dot(h, dz_j) + jax.lax.dynamic_index_in_dim(d_w3, j, axis=2, keepdims=False)
-    return jax.lax.dynamic_update_index_in_dim(d_w3, upd, j, axis=2)
+  def block(j, carry):
+    d_h, d_w3 = carry
+    dz_j = take(dz3, j)
+    upd = _t_dot(h, dz_j) + take(d_w3, j)
+    return d_h + _dot_t(dz_j, take(w3, j)), jax.lax.dynamic_update_index_in_dim(d_w3, upd, j, 2)
 
-  return jax.lax.fori_loop(0, v_blocks, block, d_w3).reshape(d, v)
+  d_h, d_w3 = jax.lax.fori_loop(0, v_blocks, block, (jnp.zeros_like(h), d_w3))
+  return d_h, d_w3.reshape(d, v)
 
 
 def _kl(lp_a: jax.Array, lp_b: jax.Array) -> jax.Array:
@@ -287,10 +293,11 @@ def _chunked_closed_form(rule: Callable, temperature: float,
       lp_s, lp_t, _ = log_probs(h_s, ws, h_t, wt, lse)  # the chunk's logits, recomputed once
       scale = (t ** (power - 1) * g[i])[:, None]  # d(T^p value)/dz = T^(p-1) dvalue/dz
       dz_s, dz_t = (scale * dz for dz in grads_fn(lp_s, lp_t, stats))
-      d_hs = jax.lax.dynamic_update_index_in_dim(d_hs, _dot_t(dz_s, ws), i, axis=1)
-      d_ht = jax.lax.dynamic_update_index_in_dim(d_ht, _dot_t(dz_t, wt), i, axis=1)
-      return (d_hs, _add_head_grad(d_ws, h_s, dz_s, v_blocks), d_ht,
-              _add_head_grad(d_wt, h_t, dz_t, v_blocks))
+      dh_s, d_ws = _block_grads(d_ws, h_s, dz_s, ws, v_blocks)
+      dh_t, d_wt = _block_grads(d_wt, h_t, dz_t, wt, v_blocks)
+      d_hs = jax.lax.dynamic_update_index_in_dim(d_hs, dh_s, i, axis=1)
+      d_ht = jax.lax.dynamic_update_index_in_dim(d_ht, dh_t, i, axis=1)
+      return (d_hs, d_ws, d_ht, d_wt)
 
     init = tuple(jax.tree.map(jnp.zeros_like, (hs_c, ws, ht_c, wt)))
     return jax.lax.fori_loop(0, hs_c.shape[1], body, init)
@@ -328,10 +335,11 @@ def _chunked(div: Callable[..., jax.Array], static: dict[str, Any],
       z_s, z_t = h_s @ ws, h_t @ wt  # the chunk's logits, recomputed once
       _, vjp = jax.vjp(lambda a, b, p: div(a, b, **static, **p), z_s, z_t, traced)
       dz_s, dz_t, dp = vjp(g[i])
-      d_hs = jax.lax.dynamic_update_index_in_dim(d_hs, _dot_t(dz_s, ws), i, axis=1)
-      d_ht = jax.lax.dynamic_update_index_in_dim(d_ht, _dot_t(dz_t, wt), i, axis=1)
-      return (d_hs, _add_head_grad(d_ws, h_s, dz_s, v_blocks), d_ht,
-              _add_head_grad(d_wt, h_t, dz_t, v_blocks),
+      dh_s, d_ws = _block_grads(d_ws, h_s, dz_s, ws, v_blocks)
+      dh_t, d_wt = _block_grads(d_wt, h_t, dz_t, wt, v_blocks)
+      d_hs = jax.lax.dynamic_update_index_in_dim(d_hs, dh_s, i, axis=1)
+      d_ht = jax.lax.dynamic_update_index_in_dim(d_ht, dh_t, i, axis=1)
+      return (d_hs, d_ws, d_ht, d_wt,
               jax.tree.map(jnp.add, d_traced, dp))
 
     init = tuple(jax.tree.map(jnp.zeros_like, (hs_c, ws, ht_c, wt, traced)))
