@@ -41,9 +41,10 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
   equal in value and gradient to ``divergence(student_hidden @ student_head,
   teacher_hidden @ teacher_head, temperature=T, **divergence_kwargs)``. Tokens are processed
   in chunks of ``chunk_size``; a ``jax.custom_vjp`` saves only the inputs and ``[N]``
-  statistics, and its backward pass recomputes each chunk's logits once, writes the chunk's
-  hidden-state gradient in place and adds :math:`h^\top \partial z` to the head gradient
-  in interleaved vocabulary blocks, so the head gradient lives only in the output buffer
+  statistics, and its backward pass recomputes each chunk's logits once and, one interleaved
+  vocabulary block at a time, accumulates the chunk's hidden-state gradient
+  :math:`\partial z\, W^\top` and adds :math:`h^\top \partial z` to the head gradient in
+  place, so the head gradient lives only in the output buffer
   and forward and backward peak memory grow with ``chunk_size * V`` instead of ``N * V``.
   Forward KL, reverse KL, the generalised JSD and total variation (Python numbers) use
   closed-form gradients from the saved log-normalisers; the other divergences, and array

@@ -138,8 +138,8 @@ def test_peak_memory_is_a_fraction_of_unfused(name):
   unfused_peak, _ = analysis(lambda hs, ws, ht, wt: DIVERGENCES[name](hs @ ws, ht @ wt, **kw))
   # No [d, V] temporary: the head gradient accumulates in the output buffer.
   assert fused_temp < d * v * 4, fused_temp
-  # Measured 0.14 (forward KL), 0.07 (JSD), 0.12 (skew KL); the inputs and gradients alone
-  # are 0.12 of the forward-KL peak here (d = 1024 is large for V = 32768).
+  # Measured 0.137 (forward KL), 0.070 (JSD), 0.117 (skew KL); the inputs and gradients alone
+  # are 0.123 of the forward-KL peak here (d = 1024 is large for V = 32768).
   assert fused_peak < 0.2 * unfused_peak, (fused_peak, unfused_peak)
 
 
