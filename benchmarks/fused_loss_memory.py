@@ -104,11 +104,17 @@ def main():
     big = dict(n=256, d=32, v=1024, chunk=64)
     small = dict(n=128, d=16, v=512, chunk=32)
     divergences = {"forward_kl": {}}
+    timed = ("forward_kl",)
+    extra_chunks = (16,)
     repeats = 2
   else:
     big = dict(n=16384, d=2048, v=131072, chunk=1024)
     small = dict(n=2048, d=256, v=16384, chunk=512)
-    divergences = {"forward_kl": {}, "generalized_jsd": {"beta": 0.5}}
+    divergences = {"forward_kl": {}, "reverse_kl": {}, "generalized_jsd": {"beta": 0.5},
+                   "skew_kl": {"alpha": 0.1}, "skew_reverse_kl": {"alpha": 0.1},
+                   "total_variation": {}}
+    timed = ("forward_kl", "generalized_jsd")
+    extra_chunks = (256, 512)
     repeats = args.repeats
   load = os.getloadavg()
   result = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
@@ -121,7 +127,14 @@ def main():
     mem["size"] = big
     mem["peak_ratio"] = mem["fused"]["peak_bytes"] / mem["unfused"]["peak_bytes"]
     mem["temp_ratio"] = mem["fused"]["temp_bytes"] / mem["unfused"]["temp_bytes"]
+    for chunk in extra_chunks:
+      m = memory(make_step(True, div, chunk, kw), big["n"], big["d"], big["v"])
+      mem[f"fused_chunk{chunk}"] = m
+      mem[f"peak_ratio_chunk{chunk}"] = m["peak_bytes"] / mem["unfused"]["peak_bytes"]
     result["memory"][div] = mem
+    print(div, {k: round(x, 4) for k, x in mem.items() if k.startswith("peak_ratio")}, flush=True)
+  for div in timed:
+    kw = divergences[div]
     steps = {name: make_step(name == "fused", div, small["chunk"], kw)
              for name in ("unfused", "fused")}
     t = timing(steps, small["n"], small["d"], small["v"], repeats)
@@ -142,7 +155,7 @@ def main():
   print(f"\n| divergence | size (N, d, V, chunk) | unfused peak | fused peak | ratio | "
         f"unfused temp | fused temp | time size | unfused s | fused s | time ratio |")
   print("|---|---|---|---|---|---|---|---|---|---|---|")
-  for div in divergences:
+  for div in timed:
     m, t = result["memory"][div], result["time"][div]
     print(f"| {div} | {tuple(big.values())} | {gib(m['unfused']['peak_bytes'])} | "
           f"{gib(m['fused']['peak_bytes'])} | {m['peak_ratio']:.3f} | "

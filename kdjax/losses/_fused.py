@@ -5,6 +5,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.losses import _checks
 from kdjax.losses import _divergences
@@ -39,10 +40,17 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
 
   equal in value and gradient to ``divergence(student_hidden @ student_head,
   teacher_hidden @ teacher_head, temperature=T, **divergence_kwargs)``. Tokens are processed
-  in chunks of ``chunk_size`` under ``lax.scan``; each chunk's logits are recomputed in the
-  backward pass (``jax.checkpoint``), so forward and backward peak memory grow with
-  ``chunk_size * V`` instead of ``N * V`` (plus the ``[d, V]`` head gradient), at the cost
-  of recomputing the two projections once (6 instead of 4 ``N d V`` matmuls).
+  in chunks of ``chunk_size``; a ``jax.custom_vjp`` saves only the inputs and ``[N]``
+  statistics, and its backward pass recomputes each chunk's logits once and, one interleaved
+  vocabulary block at a time, accumulates the chunk's hidden-state gradient
+  :math:`\partial z\, W^\top` and adds :math:`h^\top \partial z` to the head gradient in
+  place, so the head gradient lives only in the output buffer
+  and forward and backward peak memory grow with ``chunk_size * V`` instead of ``N * V``.
+  Forward KL, reverse KL, the generalised JSD and total variation (Python numbers) use
+  closed-form gradients from the saved log-normalisers; the other divergences, and array
+  hyperparameters, take the divergence's own VJP on each chunk. The backward pass runs the
+  two projections again: 6 instead of 4 ``N d V`` matmuls (8 instead of 6 when the teacher's
+  gradients are asked for too; unrequested ones are pruned by XLA).
 
   Sharded inputs need nothing extra: under ``jit`` with hidden states sharded over tokens
   and heads over the vocabulary (``P(None, "model")``), the softmax normalisers are exact
@@ -104,7 +112,6 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
     where = _checks.check_where(fn, where, (n,), "the tokens (student_hidden.shape[0])")
     hs = jnp.where(where[:, None], hs, 0)  # select: NaN rows never reach a matmul
     ht = jnp.where(where[:, None], ht, 0)
-  div = DIVERGENCES[divergence]
 
   c = min(chunk_size, n)
   chunks = -(-n // c)
@@ -113,18 +120,231 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
   hs_p = jnp.pad(hs, ((0, pad), (0, 0)))
   ht_p = jnp.pad(ht, ((0, pad), (0, 0)))
   # Token j * chunks + i -> chunk i, row j (interleaved: a token sharding stays on the rows).
-  hs_c = hs_p.reshape(c, chunks, -1).swapaxes(0, 1)
-  ht_c = ht_p.reshape(c, chunks, -1).swapaxes(0, 1)
-
-  @jax.checkpoint
-  def chunk_loss(h_s, h_t, w_s, w_t):
-    return div(h_s @ w_s, h_t @ w_t, temperature=temperature, **divergence_kwargs)
-
-  def body(carry, xs):
-    return carry, chunk_loss(xs[0], xs[1], ws, wt)
-
-  _, out = jax.lax.scan(body, None, (hs_c, ht_c))
+  # [c, chunks, d] is a free reshape; chunk i is a slice along axis 1, read and written in place.
+  hs_c = hs_p.reshape(c, chunks, -1)
+  ht_c = ht_p.reshape(c, chunks, -1)
+  # Array-valued hyperparameters are differentiable arguments; Python numbers stay static.
+  params = {"temperature": temperature, **divergence_kwargs}
+  traced = {k: v for k, v in params.items() if isinstance(v, (jax.Array, np.ndarray))}
+  static = {k: v for k, v in params.items() if k not in traced}
+  v_blocks = _vocab_blocks(ws.shape[1], max(ws.shape[0], wt.shape[0]), c)
+  rule = None if traced else _closed_form_rule(divergence, static)
+  if rule is not None:
+    out = _chunked_closed_form(rule, static["temperature"], v_blocks)(hs_c, ws, ht_c, wt)
+  else:
+    out = _chunked(DIVERGENCES[divergence], static, v_blocks)(hs_c, ws, ht_c, wt, traced)
   out = out.swapaxes(0, 1).reshape(-1)[:n]
   if where is not None:
     out = jnp.where(where, out, 0.0)
   return out
+
+
+def _dot_t(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a @ b.T`` without materialising ``b.T``."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+
+
+def _t_dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a.T @ b`` without materialising ``a.T``."""
+  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+
+
+def _vocab_blocks(v: int, d: int, c: int) -> int:
+  """How many interleaved vocabulary blocks the head gradient is accumulated in.
+
+  The smallest divisor ``b`` of ``V`` with a ``[d, V / b]`` update no larger than a
+  half ``[c, V]`` chunk of logits (1 when ``V`` has no such divisor below ``128 d / c``).
+  """
+  target = 2 * -(-d // c)
+  for b in range(max(target, 1), 64 * target + 1):
+    if v % b == 0:
+      return b
+  return 1
+
+
+def _chunk(x: jax.Array, i: jax.Array) -> jax.Array:
+  """Token chunk ``i`` of ``[c, chunks, ...]``: ``[c, ...]``."""
+  return jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False)
+
+
+def _block_grads(d_w: jax.Array, h: jax.Array, dz: jax.Array, w: jax.Array,
+                 v_blocks: int) -> tuple[jax.Array, jax.Array]:
+  """``(dz @ w^T, d_w + h^T dz)`` over ``v_blocks`` interleaved vocabulary blocks, ``d_w``
+  updated in place; ``dz`` is read only here, so XLA materialises it once."""
+  d, v = d_w.shape
+  d_w3, w3 = d_w.reshape(d, v // v_blocks, v_blocks), w.reshape(d, v // v_blocks, v_blocks)
+  dz3 = dz.reshape(-1, v // v_blocks, v_blocks)
+  take = lambda x, j: jax.lax.dynamic_index_in_dim(x, j, axis=2, keepdims=False)
+
+  def block(j, carry):
+    d_h, d_w3 = carry
+    dz_j = take(dz3, j)
+    upd = _t_dot(h, dz_j) + take(d_w3, j)
+    return d_h + _dot_t(dz_j, take(w3, j)), jax.lax.dynamic_update_index_in_dim(d_w3, upd, j, 2)
+
+  d_h, d_w3 = jax.lax.fori_loop(0, v_blocks, block, (jnp.zeros_like(h), d_w3))
+  return d_h, d_w3.reshape(d, v)
+
+
+def _kl(lp_a: jax.Array, lp_b: jax.Array) -> jax.Array:
+  return jnp.sum(jnp.exp(lp_a) * (lp_a - lp_b), axis=-1)
+
+
+def _closed_form_rule(divergence: str,
+                      static: dict[str, Any]) -> tuple[Callable, Callable, int] | None:
+  r"""``value(lp_s, lp_t) -> (value, stats)``, ``grads(lp_s, lp_t, stats) -> (d/ds', d/dt')``
+  and ``p``: the divergence is ``T^p value`` with ``s' = s / T``, ``t' = t / T``.
+
+  Forward and reverse KL, the interior generalised JSD and total variation (with
+  :math:`\sigma = \tfrac12 \mathrm{sign}(p_S - p_T)`, gradient
+  :math:`p_S \odot (\sigma - \langle p_S, \sigma \rangle)`) have short closed-form gradients
+  in the log-probabilities, so the backward pass needs only the per-token log-normalisers
+  and KL terms saved by the forward pass (the others take the generic VJP):
+
+  .. math::
+    \partial_{s'} \mathrm{KL}(p_T\|p_S) = p_S - p_T, \quad
+    \partial_{t'} \mathrm{KL}(p_T\|p_S) = p_T \odot (\log p_T - \log p_S - \mathrm{KL}),
+
+    \partial_{s'} \mathrm{JSD}_\beta = (1 - \beta)\, p_S \odot (\log p_S - \log M
+    - \mathrm{KL}(p_S\|M)), \quad
+    \partial_{t'} \mathrm{JSD}_\beta = \beta\, p_T \odot (\log p_T - \log M
+    - \mathrm{KL}(p_T\|M)).
+  """
+  allowed = {"temperature", "beta"} if divergence == "generalized_jsd" else {"temperature"}
+  if not set(static) <= allowed or np.ndim(static.get("beta", 0.5)) != 0:
+    return None  # the divergence itself reports unknown or bad arguments
+  beta = float(static.get("beta", 0.5))
+  if divergence == "generalized_jsd":
+    divergence = {0.0: "forward_kl", 1.0: "reverse_kl"}.get(beta, divergence)
+  if divergence == "forward_kl":  # stats: KL(p_T || p_S)
+    value = lambda lp_s, lp_t: (_kl(lp_t, lp_s),) * 2
+    grads = lambda lp_s, lp_t, kl: (jnp.exp(lp_s) - jnp.exp(lp_t),
+                                    jnp.exp(lp_t) * (lp_t - lp_s - kl[:, None]))
+    return value, grads, 2
+  if divergence == "reverse_kl":  # stats: KL(p_S || p_T)
+    value = lambda lp_s, lp_t: (_kl(lp_s, lp_t),) * 2
+    grads = lambda lp_s, lp_t, kl: (jnp.exp(lp_s) * (lp_s - lp_t - kl[:, None]),
+                                    jnp.exp(lp_t) - jnp.exp(lp_s))
+    return value, grads, 2
+  if divergence == "generalized_jsd" and 0 < beta < 1:
+    log_mix = lambda lp_s, lp_t: jnp.logaddexp(lp_t + np.log(beta), lp_s + np.log1p(-beta))
+
+    def value(lp_s, lp_t):  # stats: KL(p_T || M), KL(p_S || M)
+      lp_m = log_mix(lp_s, lp_t)
+      k_t, k_s = _kl(lp_t, lp_m), _kl(lp_s, lp_m)
+      return beta * k_t + (1 - beta) * k_s, (k_t, k_s)
+
+    def grads(lp_s, lp_t, stats):
+      lp_m = log_mix(lp_s, lp_t)
+      return ((1 - beta) * jnp.exp(lp_s) * (lp_s - lp_m - stats[1][:, None]),
+              beta * jnp.exp(lp_t) * (lp_t - lp_m - stats[0][:, None]))
+    return value, grads, 2
+  if divergence == "total_variation":  # no T^2; stats: sum_v p_v sign(p_S - p_T) / 2, both p
+    half_sign = lambda lp_s, lp_t: 0.5 * jnp.sign(jnp.exp(lp_s) - jnp.exp(lp_t))
+
+    def value(lp_s, lp_t):
+      e_s, e_t, h = jnp.exp(lp_s), jnp.exp(lp_t), half_sign(lp_s, lp_t)
+      return (0.5 * jnp.sum(jnp.abs(e_t - e_s), axis=-1),
+              (jnp.sum(e_s * h, axis=-1), jnp.sum(e_t * h, axis=-1)))
+
+    def grads(lp_s, lp_t, stats):
+      h = half_sign(lp_s, lp_t)
+      return (jnp.exp(lp_s) * (h - stats[0][:, None]), jnp.exp(lp_t) * (stats[1][:, None] - h))
+    return value, grads, 0
+  return None
+
+
+def _chunked_closed_form(rule: Callable, temperature: float,
+                         v_blocks: int) -> Callable[..., jax.Array]:
+  """Like :func:`_chunked` for a :func:`_closed_form_rule`: the forward pass saves ``[N]``
+  statistics (both log-normalisers at temperature ``T``), the backward pass rebuilds the
+  log-probabilities from them and applies the closed-form gradient, without a second pass
+  through the divergence."""
+  t = float(np.asarray(temperature))
+  value_fn, grads_fn, power = rule  # the divergence is T**power * value(s / T, t / T)
+
+  def log_probs(h_s, w_s, h_t, w_t, lse=None):
+    z_s, z_t = (h_s / t) @ w_s, (h_t / t) @ w_t  # scale [c, d], not [c, V]
+    if lse is None:
+      lse = (jax.nn.logsumexp(z_s, axis=-1), jax.nn.logsumexp(z_t, axis=-1))
+    return z_s - lse[0][:, None], z_t - lse[1][:, None], lse
+
+  def forward(hs_c, ws, ht_c, wt):
+    def body(_, i):
+      lp_s, lp_t, lse = log_probs(_chunk(hs_c, i), ws, _chunk(ht_c, i), wt)
+      value, stats = value_fn(lp_s, lp_t)
+      return None, (t**power * value, (lse, stats))
+    return jax.lax.scan(body, None, jnp.arange(hs_c.shape[1]))[1]
+
+  @jax.custom_vjp
+  def f(hs_c, ws, ht_c, wt):
+    return forward(hs_c, ws, ht_c, wt)[0]
+
+  def fwd(hs_c, ws, ht_c, wt):
+    out, saved = forward(hs_c, ws, ht_c, wt)
+    return out, (hs_c, ws, ht_c, wt, saved)
+
+  def bwd(res, g):
+    hs_c, ws, ht_c, wt, saved = res
+
+    def body(i, carry):
+      d_hs, d_ws, d_ht, d_wt = carry
+      lse, stats = jax.tree.map(lambda x: x[i], saved)
+      h_s, h_t = _chunk(hs_c, i), _chunk(ht_c, i)
+      lp_s, lp_t, _ = log_probs(h_s, ws, h_t, wt, lse)  # the chunk's logits, recomputed once
+      scale = (t ** (power - 1) * g[i])[:, None]  # d(T^p value)/dz = T^(p-1) dvalue/dz
+      dz_s, dz_t = (scale * dz for dz in grads_fn(lp_s, lp_t, stats))
+      dh_s, d_ws = _block_grads(d_ws, h_s, dz_s, ws, v_blocks)
+      dh_t, d_wt = _block_grads(d_wt, h_t, dz_t, wt, v_blocks)
+      d_hs = jax.lax.dynamic_update_index_in_dim(d_hs, dh_s, i, axis=1)
+      d_ht = jax.lax.dynamic_update_index_in_dim(d_ht, dh_t, i, axis=1)
+      return (d_hs, d_ws, d_ht, d_wt)
+
+    init = tuple(jax.tree.map(jnp.zeros_like, (hs_c, ws, ht_c, wt)))
+    return jax.lax.fori_loop(0, hs_c.shape[1], body, init)
+
+  f.defvjp(fwd, bwd)
+  return f
+
+
+def _chunked(div: Callable[..., jax.Array], static: dict[str, Any],
+             v_blocks: int) -> Callable[..., jax.Array]:
+  """Per-token ``div`` of ``[c, chunks, d]`` hidden states, token chunk ``i`` = ``[:, i]``.
+
+  The custom VJP saves nothing but the inputs; its backward pass recomputes each chunk's
+  logits once, takes the divergence's VJP on the chunk, writes the chunk's hidden-state
+  gradient in place and adds ``h^T dz`` to the head gradient one interleaved vocabulary
+  block (columns ``j, j + b, ...``) at a time, so no ``[d, V]`` temporary besides the
+  gradient itself, which XLA keeps in the output buffer.
+  """
+
+  @jax.custom_vjp
+  def f(hs_c, ws, ht_c, wt, traced):
+    def body(_, i):
+      return None, div(_chunk(hs_c, i) @ ws, _chunk(ht_c, i) @ wt, **static, **traced)
+    return jax.lax.scan(body, None, jnp.arange(hs_c.shape[1]))[1]
+
+  def fwd(hs_c, ws, ht_c, wt, traced):
+    return f(hs_c, ws, ht_c, wt, traced), (hs_c, ws, ht_c, wt, traced)
+
+  def bwd(res, g):
+    hs_c, ws, ht_c, wt, traced = res
+
+    def body(i, carry):
+      d_hs, d_ws, d_ht, d_wt, d_traced = carry
+      h_s, h_t = _chunk(hs_c, i), _chunk(ht_c, i)
+      z_s, z_t = h_s @ ws, h_t @ wt  # the chunk's logits, recomputed once
+      _, vjp = jax.vjp(lambda a, b, p: div(a, b, **static, **p), z_s, z_t, traced)
+      dz_s, dz_t, dp = vjp(g[i])
+      dh_s, d_ws = _block_grads(d_ws, h_s, dz_s, ws, v_blocks)
+      dh_t, d_wt = _block_grads(d_wt, h_t, dz_t, wt, v_blocks)
+      d_hs = jax.lax.dynamic_update_index_in_dim(d_hs, dh_s, i, axis=1)
+      d_ht = jax.lax.dynamic_update_index_in_dim(d_ht, dh_t, i, axis=1)
+      return (d_hs, d_ws, d_ht, d_wt,
+              jax.tree.map(jnp.add, d_traced, dp))
+
+    init = tuple(jax.tree.map(jnp.zeros_like, (hs_c, ws, ht_c, wt, traced)))
+    return jax.lax.fori_loop(0, hs_c.shape[1], body, init)
+
+  f.defvjp(fwd, bwd)
+  return f

@@ -51,6 +51,27 @@ def test_fused_equals_unfused_values_and_gradients_float64(name):
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("name", ["forward_kl", "generalized_jsd"])
+def test_array_hyperparameters_take_the_generic_vjp_float64(name):
+  """Traced temperature and beta: the divergence's own VJP, gradient w.r.t. T included."""
+  with jax.enable_x64(True):
+    args = tuple(jnp.asarray(x) for x in _inputs(7, np.float64))
+    kw = lambda b: {"beta": b} if name == "generalized_jsd" else {}
+
+    def fused(hs, ws, temp, beta):
+      return jnp.sum(losses.fused_distillation_loss(hs, ws, *args[2:], divergence=name,
+                                                    temperature=temp, chunk_size=8, **kw(beta)))
+
+    def unfused(hs, ws, temp, beta):
+      return jnp.sum(DIVERGENCES[name](hs @ ws, args[2] @ args[3], temperature=temp, **kw(beta)))
+
+    hyper = (jnp.asarray(1.7), jnp.asarray(0.3))
+    got = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2, 3)))(*args[:2], *hyper)
+    want = jax.value_and_grad(unfused, argnums=(0, 1, 2, 3))(*args[:2], *hyper)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
 def test_fused_forward_kl_matches_numpy_reference():
   hs, ws, ht, wt = (np.asarray(x, np.float64) for x in _inputs(1))
   lt = scipy.special.log_softmax(ht @ wt / 2.0, -1)
@@ -95,6 +116,31 @@ def test_backward_memory_is_bounded_by_the_chunk():
   unfused = temp(_unfused("forward_kl"))
   assert unfused > n * v * 4  # at least one [N, V] float32 buffer
   assert fused < n * v * 4 / 4, (fused, unfused)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "generalized_jsd", "skew_kl"])
+def test_peak_memory_is_a_fraction_of_unfused(name):
+  """Compiled (never run) forward+backward: arguments + outputs + temporaries - aliases."""
+  n, d, v = 4096, 1024, 32768
+  spec = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  args = (spec(n, d), spec(d, v), spec(n, d), spec(d, v))
+
+  def analysis(f):
+    step = jax.jit(jax.value_and_grad(lambda *a: jnp.mean(f(*a)), argnums=(0, 1)))
+    m = step.lower(*args).compile().memory_analysis()
+    peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes)
+    return peak, m.temp_size_in_bytes
+
+  kw = {"generalized_jsd": {"beta": 0.5}, "skew_kl": {"alpha": 0.1}}.get(name, {})
+  fused_peak, fused_temp = analysis(lambda *a: losses.fused_distillation_loss(
+      *a, divergence=name, chunk_size=128, **kw))
+  unfused_peak, _ = analysis(lambda hs, ws, ht, wt: DIVERGENCES[name](hs @ ws, ht @ wt, **kw))
+  # No [d, V] temporary: the head gradient accumulates in the output buffer.
+  assert fused_temp < d * v * 4, fused_temp
+  # Measured 0.137 (forward KL), 0.070 (JSD), 0.117 (skew KL); the inputs and gradients alone
+  # are 0.123 of the forward-KL peak here (d = 1024 is large for V = 32768).
+  assert fused_peak < 0.2 * unfused_peak, (fused_peak, unfused_peak)
 
 
 def test_vocabulary_sharded_equals_one_device():
