@@ -62,3 +62,19 @@ def test_smoke_configs_run_every_method(tmp_path):
     assert json.load(f)["k"] == 4
   with pytest.raises(ValueError, match="unknown arg"):
     configs.load_config("sequence/byte_lm_kd.py", "distil")
+
+
+def test_kdjax_train_runs_the_sequence_config(tmp_path):
+  """`kdjax train` dispatches configs with trainer="lm_distill" to kdjax.lm_distill.run."""
+  import subprocess
+  import sys
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  out = subprocess.run(
+      [sys.executable, "-m", "kdjax.main", "train",
+       "--config", "configs/sequence/byte_lm_kd.py:topk,k=4,smoke", "--workdir", str(tmp_path)],
+      capture_output=True, text=True, env=env, timeout=600,
+      cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "student val perplexity" in out.stdout
+  (result,) = [json.load(open(tmp_path / f)) for f in os.listdir(tmp_path) if f.startswith("result_")]
+  assert result["method"] == "topk" and result["k"] == 4 and result["store_bytes_per_token"] > 0

@@ -6,8 +6,8 @@ reused; ``topk`` stores its top-k log-probabilities (float16 + int32) in ArrayRe
 
 Launch (every hyperparameter below can be overridden with ``--config.x=y``):
   python benchmarks/sequence_kd.py                      # the 4 methods x 3 seeds table
-  python -c "from kdjax import configs, lm_distill; print(lm_distill.run(
-      configs.load_config('sequence/byte_lm_kd.py', 'topk,k=8'), 'runs/byte_lm'))"
+  kdjax train --config configs/sequence/byte_lm_kd.py:topk,k=8 --workdir runs/byte_lm
+  kdjax train --config configs/sequence/byte_lm_kd.py:full --workdir runs/byte_lm  # reuses the teacher
 Expected: see benchmarks/results/sequence_kd.json (student perplexity alone, with
 full-logit KD and with top-k KD, 3 seeds).
 Args (comma-separated): "none" | "full" | "topk" (the method), "k=<int>", "seed=<int>",
@@ -25,6 +25,7 @@ def _train(steps: int, lr: float) -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = [a for a in (arg or "").split(",") if a]
   c = ml_collections.ConfigDict()
+  c.trainer = "lm_distill"  # `kdjax train` runs kdjax.lm_distill.run on this config
   c.seed = 0
   # Sized for a shared 2-core CPU: the whole 4 methods x 3 seeds table in minutes.
   c.data = ml_collections.ConfigDict({"train_bytes": 200_000, "val_bytes": 30_000,
