@@ -19,6 +19,7 @@ import time
 import nbclient
 import nbformat
 import pytest
+from nbclient.exceptions import CellExecutionError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COLABS = ROOT / "colabs"
@@ -83,8 +84,9 @@ def test_one_org_everywhere():
   assert len(orgs) == 1, f"notebooks and README name several GitHub orgs: {sorted(orgs)}"
 
 
-def _kernel_env(cache_dir: pathlib.Path) -> dict[str, str]:
+def _kernel_env(cache_dir: pathlib.Path, tmp_dir: pathlib.Path) -> dict[str, str]:
   env = dict(os.environ)
+  env["TMPDIR"] = str(tmp_dir)                     # the notebooks' tempfile workdirs land here
   env["KDJAX_COLAB_SMALL"] = "1"
   env["KDJAX_DATA_DIR"] = os.path.abspath(os.environ.get("KDJAX_DATA_DIR", ROOT / ".pytest_data"))
   env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -110,12 +112,12 @@ def jax_cache_dir(tmp_path_factory):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_runs_top_to_bottom_with_a_figure(path, tmp_path, jax_cache_dir):
   nb = _read(path)
-  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+  client = nbclient.NotebookClient(nb, timeout=600, startup_timeout=180, kernel_name="python3",
                                    resources={"metadata": {"path": str(tmp_path)}})
   start = time.time()
   try:
-    client.execute(env=_kernel_env(jax_cache_dir))
-  except nbclient.exceptions.CellExecutionError as e:
+    client.execute(env=_kernel_env(jax_cache_dir, tmp_path))
+  except CellExecutionError as e:
     pytest.fail(f"{path.name} failed:\n{e}")
   seconds = time.time() - start
   print(f"{path.name}: {seconds:.1f} s (small settings)")
