@@ -75,6 +75,8 @@ def test_badge_and_install_cell(path):
   pip_line = next(i for i, l in enumerate(lines) if l.startswith("%pip install"))
   assert lines.index("try:") < lines.index("import kdjax") < lines.index("except ImportError:") < pip_line
   assert install.splitlines()[pip_line].startswith((" ", "\t")), "the pip line must sit under except"
+  rest = "\n".join(c.source for c in nb.cells if c.cell_type == "code" and c.source != install)
+  assert re.search(r"^from kdjax[\w.]* import ", rest, flags=re.M), f"{path.name} must import kdjax"
 
 
 def test_one_org_everywhere():
