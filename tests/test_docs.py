@@ -26,7 +26,8 @@ def test_readme_python_blocks_run():
 MODULES = ["kdjax.losses._kd", "kdjax.losses._features", "kdjax.losses._relational",
            "kdjax.losses._weights", "kdjax.losses._compose", "kdjax.fusion._combine",
            "kdjax.fusion._fit", "kdjax.fusion._deep", "kdjax.fusion._soups", "kdjax.metrics",
-           "kdjax.ensemble"]
+           "kdjax.ensemble", "kdjax.losses._divergences", "kdjax.losses._sparse",
+           "kdjax.losses._fused"]
 
 
 @pytest.mark.parametrize("name", MODULES)

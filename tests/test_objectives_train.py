@@ -27,6 +27,12 @@ EVERY_TERM = {
     "rkd_angle": {"weight": 0.1, **FEATURE_KW},
     "pkt": {"weight": 0.1, **FEATURE_KW},
     "weight_matching": {"weight": 1e-3},
+    "forward_kl": {"weight": 0.1, "temperature": 2.0},
+    "reverse_kl": {"weight": 0.1},
+    "generalized_jsd": {"weight": 0.1, "beta": 0.5},
+    "skew_kl": {"weight": 0.1, "alpha": 0.1},
+    "skew_reverse_kl": {"weight": 0.1, "alpha": 0.1},
+    "total_variation": {"weight": 0.1},
 }
 
 

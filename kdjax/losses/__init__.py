@@ -20,9 +20,16 @@ from kdjax.losses._compose import TermSpec as TermSpec
 from kdjax.losses._compose import make_objective as make_objective
 from kdjax.losses._compose import term_keywords as term_keywords
 from kdjax.losses._checks import label_mask as label_mask
+from kdjax.losses._divergences import forward_kl as forward_kl
+from kdjax.losses._divergences import generalized_jsd as generalized_jsd
+from kdjax.losses._divergences import reverse_kl as reverse_kl
+from kdjax.losses._divergences import skew_kl as skew_kl
+from kdjax.losses._divergences import skew_reverse_kl as skew_reverse_kl
+from kdjax.losses._divergences import total_variation as total_variation
 from kdjax.losses._features import Projector as Projector
 from kdjax.losses._features import attention_transfer as attention_transfer
 from kdjax.losses._features import hint as hint
+from kdjax.losses._fused import fused_distillation_loss as fused_distillation_loss
 from kdjax.losses._kd import cross_entropy as cross_entropy
 from kdjax.losses._kd import dist as dist
 from kdjax.losses._kd import dkd as dkd
@@ -33,6 +40,7 @@ from kdjax.losses._relational import pkt as pkt
 from kdjax.losses._relational import rkd_angle as rkd_angle
 from kdjax.losses._relational import rkd_distance as rkd_distance
 from kdjax.losses._relational import similarity_preserving as similarity_preserving
+from kdjax.losses._sparse import sparse_kl as sparse_kl
 from kdjax.losses._weights import flatten_params as flatten_params
 from kdjax.losses._weights import init_from_teacher as init_from_teacher
 from kdjax.losses._weights import weight_matching as weight_matching

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import optax
 
 from kdjax.losses import _checks
+from kdjax.losses import _divergences
 from kdjax.losses import _features
 from kdjax.losses import _kd
 from kdjax.losses import _relational
@@ -128,6 +129,14 @@ _PARAMS = ("student_params", "teacher_params")
 TERMS: dict[str, TermSpec] = {
     "cross_entropy": TermSpec(_kd.cross_entropy, ("student_logits", "labels")),
     "soft_target_kl": TermSpec(_kd.soft_target_kl, _LOGITS, {"temperature": 1.0}),
+    "forward_kl": TermSpec(_divergences.forward_kl, _LOGITS, {"temperature": 1.0}),
+    "reverse_kl": TermSpec(_divergences.reverse_kl, _LOGITS, {"temperature": 1.0}),
+    "generalized_jsd": TermSpec(_divergences.generalized_jsd, _LOGITS,
+                                {"beta": 0.5, "temperature": 1.0}),
+    "skew_kl": TermSpec(_divergences.skew_kl, _LOGITS, {"alpha": 0.1, "temperature": 1.0}),
+    "skew_reverse_kl": TermSpec(_divergences.skew_reverse_kl, _LOGITS,
+                                {"alpha": 0.1, "temperature": 1.0}),
+    "total_variation": TermSpec(_divergences.total_variation, _LOGITS, {"temperature": 1.0}),
     "hinton_kd": TermSpec(_kd.hinton_kd, (*_LOGITS, "labels"),
                           {"temperature": REQUIRED, "alpha": REQUIRED},
                           needs_labels=lambda kw: kw["alpha"] != 1),

@@ -17,3 +17,4 @@ from kdjax.models._registry import MODELS as MODELS
 from kdjax.models._registry import apply_with_features as apply_with_features
 from kdjax.models._registry import count_params as count_params
 from kdjax.models._registry import get_model as get_model
+from kdjax.models._transformer import Transformer as Transformer

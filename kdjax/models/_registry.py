@@ -15,6 +15,7 @@ from kdjax.models._resnet_cifar import CifarResNet
 from kdjax.models._resnet_imagenet import ImageNetResNet
 from kdjax.models._shufflenetv1 import ShuffleNetV1
 from kdjax.models._shufflenetv2 import ShuffleNetV2
+from kdjax.models._transformer import Transformer
 from kdjax.models._vgg import VGG, VGG_CONFIGS
 from kdjax.models._wrn import WideResNet
 
@@ -47,6 +48,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": _p(ImageNetResNet, stage_sizes=(2, 2, 2, 2), bottleneck=False),
     "resnet34": _p(ImageNetResNet, stage_sizes=(3, 4, 6, 3), bottleneck=False),
     "resnet50": _p(ImageNetResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True),
+    "transformer": Transformer,
 }
 
 

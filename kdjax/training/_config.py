@@ -14,6 +14,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.name = "mnist1d"
   c.data.val_size = 0          # last N training examples held out as "val"
   c.data.kwargs = ml_collections.ConfigDict()  # passed to the data set loader
+  # Streaming image data (kdjax.data.pipelines_from_config) when source is "tfds" or
+  # "synthetic"; "local" loads the whole arrays with kdjax.data.load_dataset.
+  c.data.source = "local"
+  c.data.data_dir = ""         # tfds data dir ("": $TFDS_DATA_DIR, else ~/tensorflow_datasets)
+  c.data.augment = ""          # "": the data set's training view; see kdjax.data.AUGMENTATIONS
+  c.data.pad = 4               # padding of the pad_crop_flip view
+  c.data.mixup_alpha = 0.0     # > 0: mixup of every training batch (teacher sees it too)
+  c.data.flatten = False       # x as [B, H * W * C] (MLPs)
+  c.data.num_threads = 0       # grain threads preparing examples on the host
+  c.data.num_workers = 0       # grain worker processes preparing batches (many-core hosts)
+  c.data.prefetch = 2          # device batches prepared ahead of the step (0: none)
+  c.data.mock_examples = 0     # > 0: tfds.testing.mock_data examples (smoke runs only)
+  c.data.synthetic = ml_collections.ConfigDict(
+      {"num_examples": 1024, "eval_examples": 256, "shape": (32, 32, 3), "num_classes": 10})
 
   # Unlabelled transfer set (generated MNIST-1D inputs) added to the training inputs.
   c.transfer = ml_collections.ConfigDict()
