@@ -1,4 +1,10 @@
-"""Loading ``configs/*.py`` files by path, as ``--config path.py:arg`` does."""
+"""Loading ``configs/*.py`` files by path, as ``--config path.py:arg`` does.
+
+The repository's ``configs/`` folder ships inside the package as ``kdjax/_configs`` (a
+symbolic link in the source tree; real files in a wheel), so ``kdjax demo`` and
+``--config configs/mnist1d/teacher_cnn.py`` work from any folder after a plain
+``pip install``.
+"""
 
 import importlib.util
 import pathlib
@@ -6,8 +12,8 @@ from typing import Any
 
 import ml_collections
 
-# The repository's configs/ folder (present in a source checkout / editable install).
-CONFIG_ROOT = pathlib.Path(__file__).resolve().parent.parent / "configs"
+# The configs shipped with the package (the repository's configs/ folder).
+CONFIG_ROOT = pathlib.Path(__file__).parent / "_configs"
 
 
 def override(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -24,16 +30,30 @@ def override(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml
   return config
 
 
-def load_config(path: str | pathlib.Path, arg: str | None = None,
-                overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
-  """``get_config(arg)`` of a config file, with dotted ``overrides`` applied (see
-  :func:`override`); relative paths are tried against the working directory, then the
-  repository's ``configs/`` folder."""
+def resolve_config_path(path: str | pathlib.Path) -> pathlib.Path:
+  """A config file: ``path`` itself if it exists (relative to the working directory),
+  else the shipped config of that name: ``mnist1d/mlp.py`` and ``configs/mnist1d/mlp.py``
+  both name ``kdjax/_configs/mnist1d/mlp.py``.
+
+  Raises:
+    FileNotFoundError: naming every place looked in.
+  """
   path = pathlib.Path(path)
-  candidates = [path, CONFIG_ROOT / path, CONFIG_ROOT.parent / path]
+  candidates = [path, CONFIG_ROOT / path]
+  if not path.is_absolute() and path.parts[:1] == ("configs",):
+    candidates.append(CONFIG_ROOT.joinpath(*path.parts[1:]))
   found = next((p for p in candidates if p.is_file()), None)
   if found is None:
-    raise FileNotFoundError(f"Config file {str(path)!r} not found (looked in {[str(c) for c in candidates]})")
+    raise FileNotFoundError(f"Config file {str(path)!r} not found (looked in "
+                            f"{[str(c) for c in candidates]})")
+  return found
+
+
+def load_config(path: str | pathlib.Path, arg: str | None = None,
+                overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config file (found by :func:`resolve_config_path`), with
+  dotted ``overrides`` applied (see :func:`override`)."""
+  found = resolve_config_path(path)
   spec = importlib.util.spec_from_file_location(f"kdjax_config_{found.stem}", found)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -10,9 +10,10 @@ its ``summary.json`` is complete):
    transfer set (the run that shows what distillation can do).
 5. (``fusion=True``) five CNN members on 3,500 examples, their fusion fitted on the 500
    held out (``kdjax fuse``), and the MLP distilled from the probability-averaged
-   ensemble (:mod:`kdjax.demo_fusion`).
+   ensemble.
 
 Then ``report.md``, ``report.json`` and ``accuracy.png`` (test accuracy over training).
+Measured results of ``--seeds 3`` are in README.md ("Results: kdjax demo").
 """
 
 import json
@@ -24,6 +25,8 @@ import ml_collections
 import numpy as np
 
 from kdjax.configs import load_config
+
+NUM_MEMBERS = 5
 
 
 def _stage_config(path: str, arg: str | None, seed: int, smoke: bool = False,
@@ -68,9 +71,59 @@ def demo_stages(root: pathlib.Path, seed: int, fusion: bool, smoke: bool = False
        d("kd_transfer")),
   ]
   if fusion:
-    from kdjax.demo_fusion import fusion_stages
     stages += fusion_stages(root, seed, smoke)
   return stages
+
+
+def _member_dirs(root: pathlib.Path, seed: int) -> list[pathlib.Path]:
+  return [root / "members" / f"seed{seed}" / f"cnn{i}" for i in range(NUM_MEMBERS)]
+
+
+def fusion_stages(root: pathlib.Path, seed: int, smoke: bool = False):
+  """The fusion stage's training runs ``(stage, description, config, workdir)``: five CNN
+  members on 3,500 examples (the last 500 are the validation split that fusion fits
+  on), then the MLP distilled from their probability average over the 100,000-input
+  transfer set (``configs/mnist1d/kd_ensemble_to_mlp.py``)."""
+  stages = [(f"member_cnn{i}", f"CNN member {i} (labelled 3.5k)",
+             _stage_config("mnist1d/member_cnn.py", None, NUM_MEMBERS * seed + i, smoke), d)
+            for i, d in enumerate(_member_dirs(root, seed))]
+  teachers = ",".join(str(d) for d in _member_dirs(root, seed))
+  stages.append(("kd_ensemble", f"MLP <- {NUM_MEMBERS}-CNN ensemble, KD + 100k transfer",
+                 _stage_config("mnist1d/kd_ensemble_to_mlp.py", None, seed, smoke,
+                               **{"teacher.workdir": teachers}),
+                 root / "kd_ensemble" / f"seed{seed}"))
+  return stages
+
+
+def fusion_results(root: pathlib.Path, seed: int, smoke: bool = False) -> dict[str, tuple[str, dict]]:
+  """Runs ``kdjax fuse`` over the seed's members; returns demo rows
+  ``stage -> (description, summary)`` for the fused predictors."""
+  from kdjax.fuse import run_fuse
+
+  config: ml_collections.ConfigDict = load_config("mnist1d/fuse_cnn5.py")
+  config.members = ",".join(str(d) for d in _member_dirs(root, seed))
+  config.seed = seed
+  if smoke:
+    config.deep.steps = 20
+  start = time.time()
+  report = run_fuse(config, str(root / "fuse" / f"seed{seed}"))
+  wall = time.time() - start
+  params = sum(json.loads((d / "summary.json").read_text())["params"]
+               for d in _member_dirs(root, seed))
+  picks = {"ensemble_average": ("average (prob)", f"{NUM_MEMBERS}-CNN ensemble, probability average"),
+           "ensemble_fitted": ("fitted weights (nll)", f"{NUM_MEMBERS}-CNN ensemble, fitted weights"),
+           "ensemble_deep": ("deep fusion", f"{NUM_MEMBERS}-CNN ensemble, deep fusion")}
+  return {stage: (description, {"test": report["test"][row], "wall_s": wall,
+                                "params": params})
+          for stage, (row, description) in picks.items()}
+
+
+def format_spread(values) -> str:
+  """``mean +- std (n=k)`` of percentages; one value is ``x (n=1)``, not a zero spread."""
+  values = np.asarray(values, np.float64)
+  if len(values) == 1:
+    return f"{values[0]:.1f} (n=1)"
+  return f"{values.mean():.1f} +- {values.std():.1f} (n={len(values)})"
 
 
 def _accuracy_curve(workdir: pathlib.Path) -> tuple[list[int], list[float]]:
@@ -93,8 +146,8 @@ def write_report(root: pathlib.Path, rows: list[dict], curves: dict[str, tuple])
   lines = ["| stage | model | test accuracy (%) | test NLL | parameters | wall time (s) | seeds |",
            "|---|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['stage']} | {r['description']} | {r['accuracy_mean']:.1f} +- "
-                 f"{r['accuracy_std']:.1f} | {r['nll_mean']:.3f} | {r['params']:,} | "
+    lines.append(f"| {r['stage']} | {r['description']} | {format_spread(r['accuracies'])} | "
+                 f"{r['nll_mean']:.3f} | {r['params']:,} | "
                  f"{r['wall_s_mean']:.1f} | {r['seeds']} |")
   table = "\n".join(lines)
   (root / "report.md").write_text("# kdjax demo: MNIST-1D\n\n" + table + "\n\n![test accuracy](accuracy.png)\n")
@@ -131,7 +184,6 @@ def run_demo(workdir: str, *, seeds: int = 1, fusion: bool = True, smoke: bool =
       if seed == 0 and (stage_dir / "metrics.jsonl").exists() and not stage.startswith("member"):
         curves[stage] = _accuracy_curve(stage_dir)
     if fusion:
-      from kdjax.demo_fusion import fusion_results
       for stage, (description, summary) in fusion_results(root, seed, smoke).items():
         results.setdefault(stage, []).append(summary)
         descriptions[stage] = description
@@ -140,7 +192,8 @@ def run_demo(workdir: str, *, seeds: int = 1, fusion: bool = True, smoke: bool =
     acc = np.array([s["test"]["accuracy"] for s in summaries]) * 100
     rows.append({
         "stage": stage, "description": descriptions[stage], "seeds": len(summaries),
-        "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": float(acc.std()) if len(acc) > 1 else None,  # no spread from one seed
         "accuracies": acc.tolist(),
         "nll_mean": float(np.mean([s["test"]["nll"] for s in summaries])),
         "params": summaries[0].get("params", 0),

@@ -8,6 +8,10 @@
 
 Any config field can be overridden with ``--config.FIELD=VALUE``; a misspelt field is
 a one-line error (set ``KDJAX_TRACEBACK=1`` to see tracebacks of run-time errors). Binaries are thin: the work happens in importable functions.
+
+``--config configs/X.py`` that does not exist in the working directory names the config
+shipped inside the package (``kdjax/_configs``), so the commands above work from any
+folder. SIGTERM stops a run at the next chunk boundary after a checkpoint: exit 0.
 """
 
 import os
@@ -52,9 +56,31 @@ def _main(argv, command: str) -> None:
     run_fuse(_CONFIG.value, _WORKDIR.value)
 
 
+def _resolve_config_flag(argv: list[str]) -> list[str]:
+  """``--config FILE[:ARG]`` with FILE looked up by :func:`kdjax.configs.resolve_config_path`
+  (the working directory first, then the configs shipped in the package)."""
+  from kdjax.configs import resolve_config_path
+
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg == "--config" and i + 1 < len(out):
+      index, value, prefix = i + 1, out[i + 1], ""
+    elif arg.startswith("--config="):
+      index, value, prefix = i, arg[len("--config="):], "--config="
+    else:
+      continue
+    path, sep, config_arg = value.partition(":")
+    try:
+      out[index] = prefix + str(resolve_config_path(path)) + sep + config_arg
+    except FileNotFoundError:
+      pass  # config_flags reports it
+    break
+  return out
+
+
 def run(argv: list[str] | None = None) -> None:
   """Console-script entry point."""
-  argv = list(sys.argv if argv is None else argv)
+  argv = _resolve_config_flag(list(sys.argv if argv is None else argv))
   if len(argv) < 2 or argv[1] not in COMMANDS:
     got = argv[1] if len(argv) > 1 else "nothing"
     sys.exit(f"kdjax: unknown command {got!r}; {_USAGE}")
@@ -62,9 +88,13 @@ def run(argv: list[str] | None = None) -> None:
   logging.set_verbosity(logging.WARNING)
 
   def main(args):
+    from kdjax.training import NonFiniteError, Preempted
     try:
       _main(args, command)
-    except (ValueError, OSError, KeyError, TypeError) as e:
+    except Preempted as e:  # SIGTERM: the checkpoint is saved; the rerun continues
+      print(f"kdjax {command}: {e}", file=sys.stderr)
+      sys.exit(0)
+    except (ValueError, OSError, KeyError, TypeError, NonFiniteError) as e:
       if os.environ.get("KDJAX_TRACEBACK"):
         raise
       sys.exit(f"kdjax {command}: error: {type(e).__name__}: {_one_line(e)}")

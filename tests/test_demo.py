@@ -1,10 +1,18 @@
-"""End-to-end smoke tests of `kdjax demo` (with its fusion stage) and `kdjax fuse`."""
+"""End-to-end smoke tests of `kdjax demo` (with its fusion stage) and `kdjax fuse`;
+config docstrings point to measured numbers instead of retyping them."""
 
+import ast
 import json
+import os
+import pathlib
+import re
 
 import pytest
 
-from kdjax.demo import run_demo
+from kdjax.demo import format_spread, run_demo
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CPU_ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +33,8 @@ def test_demo_writes_report_table_and_plot(demo_dir):
   assert all(0.0 <= r["accuracy_mean"] <= 100.0 for r in rows)
   md = (root / "report.md").read_text()
   assert "| kd_transfer |" in md and "accuracy.png" in md
+  assert "(n=1)" in md and "+- 0.0" not in md  # one seed has no spread to show
+  assert all(r["accuracy_std"] is None for r in rows)
   assert (root / "accuracy.png").stat().st_size > 10_000
 
 
@@ -52,22 +62,55 @@ def test_demo_rerun_reuses_finished_stages(demo_dir, capsys):
 
 
 def test_fuse_cli_on_demo_members(demo_dir, tmp_path):
-  import os
-  import pathlib
   import subprocess
   import sys
   root, _ = demo_dir
-  repo = pathlib.Path(__file__).resolve().parent.parent
+  repo = REPO
   members = ",".join(str(root / "members/seed0" / f"cnn{i}") for i in range(3))
   result = subprocess.run(
       [sys.executable, "-m", "kdjax.main", "fuse", "--config", str(repo / "configs/mnist1d/fuse_cnn5.py"),
        "--workdir", str(tmp_path / "fuse"), f"--config.members={members}", "--config.deep.steps=20"],
-      capture_output=True, text=True, env={**os.environ})
+      capture_output=True, text=True, env=CPU_ENV)
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads((tmp_path / "fuse/report.json").read_text())
   assert report["num_members"] == 3 and "| average (prob) |" in result.stdout
   missing = subprocess.run(
       [sys.executable, "-m", "kdjax.main", "fuse", "--config", str(repo / "configs/mnist1d/fuse_cnn5.py"),
        "--workdir", str(tmp_path / "fuse2"), f"--config.members={tmp_path}/nope"],
-      capture_output=True, text=True, env={**os.environ})
+      capture_output=True, text=True, env=CPU_ENV)
   assert missing.returncode == 1 and "does not exist" in missing.stderr.splitlines()[-1]
+
+
+def test_format_spread_says_n():
+  assert format_spread([93.9]) == "93.9 (n=1)"
+  assert format_spread([90.0, 92.0]) == "91.0 +- 1.0 (n=2)"
+
+
+def test_config_docstrings_point_to_measured_results_instead_of_numbers():
+  """A result is typed in one place: the README demo table or benchmarks/results/*.json.
+  Each config's docstring names the row or key, and that row or key exists."""
+  readme = (REPO / "README.md").read_text()
+  studies = json.loads((REPO / "benchmarks/results/mnist1d_accuracy.json").read_text())
+  for path in sorted((REPO / "configs").rglob("*.py")):
+    doc = ast.get_docstring(ast.parse(path.read_text()))
+    assert not re.search(r"\d+\.\d+ ?%|\+- ?\d", doc), f"{path.name} quotes a number"
+    expected = " ".join(doc[doc.index("Expected"):].split("Args:")[0].split())
+    rows = re.findall(r"\brows? ((?:\w+(?:, | and )?)+)", expected)
+    keys = re.findall(r'"([^"]+)"', expected.replace('"Results: kdjax demo"', ""))
+    assert rows or keys, f"{path.name}: Expected names no result"
+    for names in rows:
+      for row in re.split(r", | and ", names):
+        assert f"| {row} |" in readme, f"{path.name}: README has no row {row!r}"
+    for key in keys:
+      assert key in studies, f"{path.name}: {key!r} is not in mnist1d_accuracy.json"
+
+
+def test_readme_study_table_is_the_one_generated_from_the_results_json():
+  """README's studies table is benchmarks/results/mnist1d_accuracy.md verbatim, and that
+  table is mean +- std of the per-seed values in mnist1d_accuracy.json."""
+  import numpy as np
+  table = (REPO / "benchmarks/results/mnist1d_accuracy.md").read_text().strip()
+  assert table in (REPO / "README.md").read_text()
+  studies = json.loads((REPO / "benchmarks/results/mnist1d_accuracy.json").read_text())
+  for key, values in studies.items():
+    assert f"| {key} | {np.mean(values):.1f} +- {np.std(values):.1f} | {len(values)} |" in table

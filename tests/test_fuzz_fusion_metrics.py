@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from kdjax import fusion, metrics
 
-FUZZ = settings(max_examples=20, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=15, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 CASES = collections.Counter()
 SCALES = (1e-3, 1.0, 30.0, 1e4)
@@ -27,12 +27,13 @@ SEEDS = st.integers(0, 2**31 - 1)
 @pytest.fixture(scope="module", autouse=True)
 def _report_case_count(request):
   yield
-  reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-  line = f"{__name__}: {sum(CASES.values())} hypothesis cases {dict(CASES)}"
-  if reporter is not None:
-    reporter.write_line(line)
-  else:
+  line = f"\n{__name__}: {sum(CASES.values())} hypothesis cases {dict(CASES)}"
+  capture = request.config.pluginmanager.get_plugin("capturemanager")
+  if capture is None:
     print(line)
+  else:
+    with capture.global_and_fixture_disabled():  # shown also when the tests pass
+      print(line)
 
 
 def _cast(x, dtype):

@@ -23,7 +23,7 @@ from losses.references import (  # tests/losses/references.py
     ref_attention_transfer, ref_cross_entropy, ref_dist, ref_dkd_exact, ref_hint, ref_pkt,
     ref_rkd_angle, ref_rkd_distance, ref_similarity_preserving, ref_soft_target_kl)
 
-FUZZ = settings(max_examples=20, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=15, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 CASES = collections.Counter()
 SCALES = (1e-3, 1.0, 30.0, 1e4)  # |x| up to 1e4
@@ -32,12 +32,13 @@ SCALES = (1e-3, 1.0, 30.0, 1e4)  # |x| up to 1e4
 @pytest.fixture(scope="module", autouse=True)
 def _report_case_count(request):
   yield
-  reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-  line = f"{__name__}: {sum(CASES.values())} hypothesis cases {dict(CASES)}"
-  if reporter is not None:
-    reporter.write_line(line)
-  else:
+  line = f"\n{__name__}: {sum(CASES.values())} hypothesis cases {dict(CASES)}"
+  capture = request.config.pluginmanager.get_plugin("capturemanager")
+  if capture is None:
     print(line)
+  else:
+    with capture.global_and_fixture_disabled():  # shown also when the tests pass
+      print(line)
 
 
 def _x(seed, shape, scale):
@@ -86,7 +87,9 @@ def _check(name, jitted, ref, inputs64, args, *, rtol, atol, grad_tol=2e-3):
     assert np.all(np.isfinite(g)), (name, k)
     ref_sum = lambda x, k=k: np.sum(w * ref(*inputs64[:k], x, *inputs64[k + 1:]))  # noqa: E731
     g_ref = _numeric_grad(ref_sum, inputs64[k])
-    tol = grad_tol * (np.max(np.abs(g_ref)) + 1e-3)
+    # Relative to the largest gradient, with a float32 floor of 1e-5 per unit of weight
+    # (saturated softmaxes leave tiny gradients that float32 cannot resolve relatively).
+    tol = grad_tol * (np.max(np.abs(g_ref)) + 1e-3) + 1e-5 * w.max()
     np.testing.assert_allclose(g, g_ref, rtol=grad_rtol, atol=tol, err_msg=f"{name} grad {k}")
   CASES[name] += 1
 
@@ -336,7 +339,8 @@ def test_fuzz_objective_padding_equals_slicing(dtype, seed, scale, poison):
   """Padded rows hold NaN/inf/huge values and any label: the loss and grads equal slicing."""
   b, c = 8, 5
   rng = np.random.default_rng(seed)
-  keep = _rows(rng, b)
+  keep = np.zeros(b, bool)
+  keep[rng.permutation(b)[:5]] = True  # 5 valid rows anywhere: one sliced shape, one compile
   y = _labels(rng, (b, c))
   arrays = {k: _x(seed + i, (b, d), scale) for i, (k, d) in
             enumerate((("s", c), ("t", c), ("f", 6), ("tf", 6)))}

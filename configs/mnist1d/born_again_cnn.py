@@ -7,6 +7,8 @@ architecture, on the labelled inputs (hinton_kd, T=4, alpha=0.5).
 Launch:
   kdjax train --config configs/mnist1d/born_again_cnn.py --workdir runs/ban \
       --config.teacher.workdir=runs/teacher_cnn
+Expected (measured, one place): benchmarks/results/mnist1d_accuracy.json, "born-again (CNN)" and
+"born-again from teacher init (CNN)".
 Args: "init", "smoke" (comma-separated).
 """
 

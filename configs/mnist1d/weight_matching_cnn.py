@@ -7,6 +7,7 @@ of squared differences over every mapped leaf (identity mapping: same architectu
 Launch:
   kdjax train --config configs/mnist1d/weight_matching_cnn.py --workdir runs/wm \
       --config.teacher.workdir=runs/teacher_cnn
+Expected (measured, one place): benchmarks/results/mnist1d_accuracy.json, "weight matching (CNN)".
 Args: "init", "smoke" (comma-separated).
 """
 

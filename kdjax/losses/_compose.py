@@ -108,6 +108,12 @@ class TermSpec:
   needs_labels: Callable[[Mapping[str, Any]], bool] | None = None
   projector: bool = False
 
+  def __post_init__(self):
+    unknown = [name for name in self.inputs if name not in INPUTS]
+    if unknown:
+      raise ValueError(f"TermSpec({getattr(self.fn, '__name__', self.fn)}): unknown input(s) "
+                       f"{unknown}; known inputs: {list(INPUTS)}")
+
   def keywords(self) -> dict[str, Any]:
     """Every keyword the term accepts in ``make_objective`` -> default."""
     kw = dict(self.kwargs)

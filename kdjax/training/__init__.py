@@ -1,11 +1,15 @@
 """Train state, pure steps, teachers, checkpoints and the resumable training loop."""
 
+from kdjax.training._checkpoint import DamagedCheckpointWarning as DamagedCheckpointWarning
 from kdjax.training._checkpoint import load_params as load_params
 from kdjax.training._config import default_config as default_config
 from kdjax.training._config import smoke_variant as smoke_variant
 from kdjax.training._loop import check_config as check_config
 from kdjax.training._loop import train_and_evaluate as train_and_evaluate
+from kdjax.training._nonfinite import NonFiniteError as NonFiniteError
 from kdjax.training._optim import make_optimizer as make_optimizer
+from kdjax.training._optim import make_schedule as make_schedule
+from kdjax.training._preemption import Preempted as Preempted
 from kdjax.training._state import TrainState as TrainState
 from kdjax.training._step import make_predict as make_predict
 from kdjax.training._step import make_train_chunk as make_train_chunk

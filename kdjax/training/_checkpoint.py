@@ -1,10 +1,19 @@
 """Orbax checkpoints of the train state under ``WORKDIR/checkpoints``.
 
 Saves are asynchronous; a process killed mid-save leaves a ``*.orbax-checkpoint-tmp``
-folder that orbax ignores, so the previous complete step is restored.
+folder that orbax ignores, so the previous complete step is restored. Orbax deletes the
+steps beyond ``max_to_keep`` only after the newer step is committed (in its finalize
+thread), so a good checkpoint never goes before a newer one is complete. A committed
+step whose files were damaged later (truncated, overwritten) fails to restore: the
+trainer then warns, naming the step, moves it to ``WORKDIR/damaged_checkpoints/`` and
+falls back to the previous step.
 """
 
 import pathlib
+import shutil
+import time
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,15 +34,72 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool =
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
 
 
+class DamagedCheckpointWarning(UserWarning):
+  """A checkpoint step could not be restored; an earlier one was used."""
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def _readable(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether ``step`` restores as raw arrays (no target structure): its files are intact."""
+  try:
+    manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return True
+  except Exception:  # noqa: BLE001 - any failure to read means damaged files
+    return False
+
+
+def _restore_newest_good(manager: ocp.CheckpointManager, restore: Callable[[int], Any], *,
+                         quarantine: pathlib.Path | None) -> Any | None:
+  """``restore(step)`` of the newest step that restores; damaged newer steps are warned
+  about (and moved to ``quarantine`` when given). ``None`` when no step exists.
+
+  Raises:
+    ValueError: if steps exist but none of them restores, or a step's files are intact
+      but do not fit the target (another model or optimizer: not damage).
+  """
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      result = restore(step)
+    except Exception as e:  # TensorStore, JSON, msgpack, ... errors of a damaged step
+      if _readable(manager, step):
+        raise ValueError(f"checkpoint step {step} in {manager.directory} is intact but does "
+                         f"not fit this run's train state (another model, objective or "
+                         f"optimizer?): {_first_line(e)}. Use a new --workdir") from None
+      damaged.append(step)
+      where = manager.directory / str(step)
+      note = ""
+      if quarantine is not None:
+        quarantine.mkdir(parents=True, exist_ok=True)
+        moved = quarantine / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(str(where), str(moved))
+        note = f"; moved to {moved}"
+      warnings.warn(f"checkpoint step {step} in {manager.directory} is damaged "
+                    f"({_first_line(e)}); falling back to an earlier step{note}",
+                    DamagedCheckpointWarning, stacklevel=3)
+      continue
+    if damaged and quarantine is not None:
+      manager.reload()  # forget the moved steps, so they can be saved again
+    return result
+  if damaged:
+    raise ValueError(f"every checkpoint in {manager.directory} is damaged (steps {damaged})")
+  return None
+
+
 def restore_latest(manager: ocp.CheckpointManager, target: Any) -> Any | None:
-  """The latest complete checkpoint restored into ``target``'s structure and
-  shardings, or ``None`` when there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return None
+  """The newest checkpoint that restores, into ``target``'s structure and shardings, or
+  ``None`` when there is none. Damaged newer steps are warned about
+  (:class:`DamagedCheckpointWarning`, naming the step) and moved to
+  ``WORKDIR/damaged_checkpoints/``."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-  return restored.state
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+  return _restore_newest_good(
+      manager, lambda step: manager.restore(step, args=args).state,
+      quarantine=pathlib.Path(manager.directory).parent / "damaged_checkpoints")
 
 
 def load_params(workdir: str | pathlib.Path) -> Any:
@@ -47,8 +113,9 @@ def load_params(workdir: str | pathlib.Path) -> Any:
     raise FileNotFoundError(f"No checkpoints in {workdir!r} (expected {path}/): "
                             "train it first with `kdjax train --workdir ...`")
   with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False)) as manager:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"No complete checkpoint in {path}")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return restored.state["params"]["student"]
+    args = ocp.args.Composite(state=ocp.args.StandardRestore())
+    restored = _restore_newest_good(manager, lambda step: manager.restore(step, args=args).state,
+                                    quarantine=None)  # a teacher's workdir is only read
+  if restored is None:
+    raise FileNotFoundError(f"No complete checkpoint in {path}")
+  return restored["params"]["student"]

@@ -53,10 +53,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.init.mapping = ml_collections.FieldReference(None, field_type=object)
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adam"
+  c.optimizer.name = "adam"       # adam | adamw | sgd (kdjax.training.make_optimizer)
   c.optimizer.learning_rate = 1e-2
-  c.optimizer.schedule = "constant"
+  c.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine | multistep
   c.optimizer.warmup_steps = 0
+  c.optimizer.boundaries = ()      # multistep: steps where lr *= decay_factor
+  c.optimizer.boundary_epochs = ()  # ... or the same in epochs of the training inputs
+  c.optimizer.decay_factor = 0.1
+  c.optimizer.momentum = 0.9       # sgd only (0: plain SGD)
+  c.optimizer.nesterov = False     # sgd only
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.weight_decay_mode = ""  # "": l2 for sgd/adam (torch), decoupled for adamw
+  c.optimizer.b1 = 0.9             # adam, adamw
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
   c.optimizer.grad_clip_norm = 0.0
 
   c.batch_size = 100
@@ -68,6 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.num_devices = 0           # 0: every device
   c.progress_bar = True
+  c.on_nonfinite = "stop"     # NaN/inf loss or gradient: "stop" (error) or "skip" the update
   return c
 
 

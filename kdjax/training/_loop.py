@@ -20,7 +20,9 @@ from kdjax import data as kd_data
 from kdjax import losses, metrics
 from kdjax.models import apply_with_features, count_params
 from kdjax.training import _checkpoint as ckpt
+from kdjax.training import _guards, _nonfinite
 from kdjax.training._optim import make_optimizer
+from kdjax.training._preemption import Preempted, PreemptionGuard
 from kdjax.training._state import TrainState
 from kdjax.training._step import make_predict, make_train_chunk, predict_in_batches
 from kdjax.training._teacher import (load_teachers, model_from_config,
@@ -29,6 +31,7 @@ from kdjax.training._teacher import (load_teachers, model_from_config,
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Errors for settings that cannot work, before any compute is spent."""
+  _guards.check_fields(config)  # unknown fields and wrong types
   if config.num_steps <= 0:
     raise ValueError(f"num_steps must be positive, got {config.num_steps}")
   for name in ("eval_every", "checkpoint_every"):
@@ -102,7 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_time = time.time()
   check_config(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  _guards.check_workdir(workdir)
   mesh = kd_data.make_data_mesh(config.num_devices)
   if config.batch_size % mesh.size:
     raise ValueError(f"batch_size={config.batch_size} is not divisible by {mesh.size} devices")
@@ -122,6 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   teacher_apply, teacher_params, teacher_cache, teacher_test = None, None, None, None
   if objective.needs_teacher:
     groups = load_teachers(config.teacher.workdir, num_classes=num_classes)
+    _guards.check_teachers_take(groups, train_x[:1])
     test_targets = teacher_log_probs(groups, splits["test"]["x"], space=config.teacher.fusion,
                                      weights=config.teacher.weights)  # what the ensemble predicts
     teacher_test = {"accuracy": float(metrics.accuracy(test_targets, splits["test"]["y"])),
@@ -164,7 +168,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       teacher_logits=t_logits, student_features=s_features, teacher_features=t_features,
       student_params=student_params, teacher_params=teacher_params))
   params = {"student": student_params, "aux": aux_params}
-  tx = make_optimizer(config.optimizer, config.num_steps)
+  tx = make_optimizer(config.optimizer, config.num_steps,
+                      steps_per_epoch=len(train_x) // config.batch_size)
+  tx = _nonfinite.wrap_optimizer(tx, config.on_nonfinite, config.num_steps)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
   state = jax.device_put(state, replicated)
 
@@ -194,9 +200,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=None if config.progress_bar else True,  # None: off when not a TTY
                   desc=workdir.name, dynamic_ncols=True, leave=False)
   step = start_step
+  preemption = PreemptionGuard().install()  # SIGTERM: checkpoint at the next chunk boundary
   while step < config.num_steps:
     num = min(config.log_every, config.num_steps - step)
     state, chunk_metrics = train_chunk(state, chunk_batches(step, num), teacher_params)
+    try:  # stop before logging or saving a non-finite chunk; the last good checkpoint stays
+      chunk_metrics = _nonfinite.check_chunk(chunk_metrics, chunk_start=step,
+                                             policy=config.on_nonfinite)
+    except _nonfinite.NonFiniteError:
+      preemption.uninstall()
+      manager.wait_until_finished()
+      raise
     step += num
     record = {"step": step, **{f"train/{k}": float(v) for k, v in chunk_metrics.items()}}
     if step % config.eval_every == 0 or step == config.num_steps:
@@ -209,8 +223,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     bar.update(num)
     bar.set_postfix({name: f"{record[key]:.3f}" for key, name in _BAR_FIELDS.items()
                      if key in record})
-    if step % config.checkpoint_every == 0 or step == config.num_steps:
-      ckpt.save(manager, step, state)
+    if step % config.checkpoint_every == 0 or step == config.num_steps or preemption.requested:
+      ckpt.save(manager, step, state, force=preemption.requested)
+    if preemption.requested and step < config.num_steps:
+      preemption.uninstall()
+      bar.close()
+      manager.wait_until_finished()
+      manager.close()
+      raise Preempted(step, str(workdir))
+  preemption.uninstall()
   bar.close()
   manager.wait_until_finished()
   manager.close()
@@ -227,6 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "teacher_test": teacher_test,
       "copied_from_teacher": list(copied),
       "devices": mesh.size,
+      "backend": jax.default_backend(),
+      "skipped_updates": _nonfinite.skipped_updates(state.opt_state),
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary

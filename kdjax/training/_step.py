@@ -18,6 +18,7 @@ import optax
 from kdjax import losses
 from kdjax.data import shard_batch
 from kdjax.models import apply_with_features
+from kdjax.training._nonfinite import summarize_chunk
 from kdjax.training._state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -40,7 +41,8 @@ def make_train_chunk(*, model: nn.Module, objective: losses.Objective,
 
   The returned function is jitted with the state donated. ``batches`` holds
   ``"x": [K, B, ...]`` and optionally ``"y": [K, B]`` and
-  ``"teacher_logits": [K, B, C]``. Metrics are means over the K steps.
+  ``"teacher_logits": [K, B, C]``. Metrics are means over the K steps (over the finite
+  ones, with health fields: :func:`kdjax.training._nonfinite.summarize_chunk`).
   """
 
   def loss_fn(params, batch: Batch, teacher_params):
@@ -78,7 +80,7 @@ def make_train_chunk(*, model: nn.Module, objective: losses.Objective,
 
   def train_chunk(state: TrainState, batches: Batch, teacher_params=None):
     state, metrics = jax.lax.scan(lambda s, b: train_step(s, b, teacher_params), state, batches)
-    return state, jax.tree.map(jnp.mean, metrics)
+    return state, summarize_chunk(metrics)  # means + health (kdjax.training._nonfinite)
 
   return jax.jit(train_chunk, donate_argnums=0)
 

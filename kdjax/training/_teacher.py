@@ -16,6 +16,7 @@ import numpy as np
 
 from kdjax.models import get_model
 from kdjax.training._checkpoint import load_params
+from kdjax.training._guards import read_run_info
 
 
 def model_from_config(model_config: dict, num_classes: int) -> nn.Module:
@@ -38,7 +39,7 @@ def load_run(workdir: str | pathlib.Path) -> tuple[nn.Module, Any, dict]:
   info_path = path / "run.json"
   if not info_path.exists():
     raise FileNotFoundError(f"{info_path} is missing: {str(workdir)!r} is not a kdjax run")
-  info = json.loads(info_path.read_text())
+  info = read_run_info(info_path)
   model = model_from_config(info["model"], info["num_classes"])
   return model, load_params(path), info
 

@@ -214,6 +214,8 @@ def test_a_new_term_is_one_registry_entry(monkeypatch):
   assert losses.term_keywords()["l1_logits"] == {"scale": 1.0}
   with pytest.raises(ValueError, match=r"unknown keyword\(s\) \['temperature'\]"):
     losses.make_objective([("l1_logits", 1.0, {"temperature": 2.0})])
+  with pytest.raises(ValueError, match=r"unknown input\(s\) \['logits'\]; known inputs"):
+    losses.TermSpec(l1_logits, ("logits",))
 
 
 def test_weight_schedules():
