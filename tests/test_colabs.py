@@ -24,7 +24,8 @@ from nbclient.exceptions import CellExecutionError
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COLABS = ROOT / "colabs"
 NOTEBOOKS = sorted(COLABS.glob("*.ipynb"))
-EXPECTED = ["01_quickstart", "02_losses_in_your_flax_code", "03_fusion", "04_sharded_ensembles"]
+EXPECTED = ["01_quickstart", "02_losses_in_your_flax_code", "03_fusion", "04_sharded_ensembles",
+            "05_language_model_distillation"]
 BADGE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
                    r"\(https://colab\.research\.google\.com/github/([\w.-]+)/kdjax/blob/main/colabs/([\w.-]+)\)")
 INSTALL = re.compile(r'%pip install -q "kdjax @ git\+https://github\.com/([\w.-]+)/kdjax"')
