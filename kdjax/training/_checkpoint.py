@@ -52,3 +52,23 @@ def load_params(workdir: str | pathlib.Path) -> Any:
       raise FileNotFoundError(f"No complete checkpoint in {path}")
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   return restored.state["params"]["student"]
+
+
+def load_variables(workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Student variables of the latest checkpoint: ``{"params": ..., **model_state}``
+  (e.g. BatchNorm's ``"batch_stats"``), what a teacher's ``apply`` takes.
+
+  Raises:
+    FileNotFoundError: if ``workdir`` has no complete checkpoint.
+  """
+  path = checkpoint_dir(workdir)
+  if not path.is_dir():
+    raise FileNotFoundError(f"No checkpoints in {workdir!r} (expected {path}/): "
+                            "train it first with `kdjax train --workdir ...`")
+  with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False)) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"No complete checkpoint in {path}")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  state = restored.state
+  return {"params": state["params"]["student"], **(state.get("model_state") or {})}
