@@ -4,6 +4,13 @@ from kdjax.models._cnn1d import CNN1D as CNN1D
 from kdjax.models._cnn1d import Conv1D as Conv1D
 from kdjax.models._cnn1d import conv1d_im2col as conv1d_im2col
 from kdjax.models._mlp import MLP as MLP
+from kdjax.models._mobilenetv2 import MobileNetV2 as MobileNetV2
+from kdjax.models._resnet_cifar import CifarResNet as CifarResNet
+from kdjax.models._resnet_imagenet import ImageNetResNet as ImageNetResNet
+from kdjax.models._shufflenetv1 import ShuffleNetV1 as ShuffleNetV1
+from kdjax.models._shufflenetv2 import ShuffleNetV2 as ShuffleNetV2
+from kdjax.models._vgg import VGG as VGG
+from kdjax.models._wrn import WideResNet as WideResNet
 from kdjax.models._registry import MODELS as MODELS
 from kdjax.models._registry import apply_with_features as apply_with_features
 from kdjax.models._registry import count_params as count_params
