@@ -72,6 +72,8 @@ def flat_features(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
   flat = traverse_util.flatten_dict(dict(intermediates), sep="/")
   out = {}
   for path, values in flat.items():
+    if path == "__call__":  # the top module's own output: the logits
+      continue
     value = values[-1] if isinstance(values, tuple) else values
     if path.endswith("/__call__"):
       path = path[:-len("/__call__")]
