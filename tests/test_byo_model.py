@@ -80,11 +80,10 @@ def test_hint_on_nested_features_through_make_objective():
   tx = optax.sgd(0.0)
   state = new_state(Net(), tx, X[0])
   t_params = Net().init(jax.random.key(5), X[0])["params"]
-  s_params = state.params["student"]
+  fs = dense64(state.params["student"]["block_2"]["conv"], X[0])  # before the state is donated
   chunk = make_train_chunk(model=Net(), objective=objective, tx=tx,
                            teacher_apply=frozen_teacher_apply(Net(), objective.teacher_features))
   _, metrics = chunk(state, {"x": X[:1], "y": Y[:1]}, {"params": t_params})
-  fs = dense64(s_params["block_2"]["conv"], X[0])
   ft = np.maximum(dense64(t_params["block_2"]["conv"], X[0]), 0)
   np.testing.assert_allclose(metrics["loss/hint"], np.mean((fs - ft) ** 2), rtol=1e-5)
 
@@ -194,3 +193,35 @@ def test_foreign_params_are_checked_against_the_model(resnet8_teacher_variables)
   del bad["batch_stats"]
   with pytest.raises(ValueError, match=r"missing \['batch_stats/"):
     check_variables(bad, expected, source="f")
+
+
+def test_pytorch_teacher_from_a_pth_file(tmp_path):
+  """A RepDistiller resnet8 (1-channel stem for 8x8 digits) saved by PyTorch as
+  ``{"model": state_dict}`` teaches through ``teacher.params_file``; its test accuracy in
+  kdjax equals PyTorch's own eval-mode accuracy."""
+  import torch
+  import torch_models
+
+  torch.manual_seed(0)
+  net = torch_models.build("resnet8", 10)
+  net.conv1 = torch.nn.Conv2d(1, net.conv1.out_channels, 3, padding=1, bias=False)
+  net.avgpool = torch.nn.AdaptiveAvgPool2d(1)  # global pool of the 2x2 maps (8x8 inputs)
+  g = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+        m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+  net.eval()
+  path = tmp_path / "resnet8.pth"
+  torch.save({"model": net.state_dict(), "epoch": 240}, path)
+  test = load_digits(image_shape=(8, 8, 1))["test"]
+  with torch.no_grad():
+    out = net(torch.from_numpy(test["x"].transpose(0, 3, 1, 2)))
+  torch_logits = (out[0] if isinstance(out, tuple) else out).numpy()
+  expected = float(np.mean(np.argmax(torch_logits, -1) == test["y"]))
+  config = load_config("digits/kd_resnet14_to_resnet8.py", "smoke", {
+      "progress_bar": False, "num_steps": 10, "model.name": "mlp", "teacher.cache": True,
+      "teacher.params_file": str(path), "teacher.model.name": "resnet8"})
+  summary = train_and_evaluate(config, str(tmp_path / "kd"))
+  assert abs(summary["teacher_test"]["accuracy"] - expected) <= 1 / len(test["y"])

@@ -22,8 +22,8 @@ def get_config(arg: str | None = None):
   c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = "cosine"
   c.batch_size = 100
-  c.num_steps = 300
-  c.log_every, c.eval_every, c.checkpoint_every = 50, 150, 150
+  c.num_steps = 200
+  c.log_every, c.eval_every, c.checkpoint_every = 50, 100, 100
   c.eval_batch_size = 360
   if arg == "smoke":
     smoke_variant(c)

@@ -5,6 +5,10 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
+import optax
+
+from kdjax.models import as_model, split_variables
 
 
 @flax.struct.dataclass
@@ -30,3 +34,24 @@ class TrainState:
   def student_variables(self) -> dict[str, Any]:
     """``{"params": student params, **model_state}``, what the student's ``apply`` takes."""
     return {"params": self.params["student"], **self.model_state}
+
+
+def create_train_state(model: Any, tx: optax.GradientTransformation, sample_x: jax.Array, *,
+                       rng: jax.Array, aux_params: Any = None) -> TrainState:
+  """A fresh :class:`TrainState` for ``model`` (linen, NNX, ``apply_fn`` or a
+  :class:`kdjax.models.Model`): its params and model state from ``init(rng, sample_x)``,
+  the optimizer state of ``{"student": params, "aux": aux_params}`` and a dropout key
+  folded from ``rng``.
+
+  Args:
+    model: the student.
+    tx: the optimizer (``make_train_chunk`` must get the same one).
+    sample_x: ``[B, ...]`` inputs to trace the model's shapes.
+    rng: a ``jax.random.key``.
+    aux_params: the objective's params (``objective.init``; ``{}`` when it has none).
+  """
+  params, model_state = split_variables(as_model(model).init(rng, sample_x))
+  params = {"student": params, "aux": {} if aux_params is None else aux_params}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    model_state=model_state,
+                    rng=jax.random.key_data(jax.random.fold_in(rng, 0xD50)))

@@ -8,7 +8,8 @@ architecture (``{"name": registry name, **fields}``):
   ``flax.serialization.msgpack_restore``, no target needed);
 * ``*.pth`` / ``*.pt``: a PyTorch ``state_dict`` (or a dict holding one under
   ``"model"``, ``"state_dict"`` or ``"net"``, as RepDistiller and mdistiller save them),
-  converted by :func:`kdjax.convert.torch_state_dict` for that architecture name.
+  read by :func:`kdjax.convert.load_pth` and converted by
+  :func:`kdjax.convert.torch_state_dict` for that architecture name (PyTorch needed).
 
 The tree read is either the full variables ``{"params": ..., "batch_stats": ...}`` or
 the params alone. Either way it is checked against the model's own variables (every
@@ -30,27 +31,16 @@ _TORCH_SUFFIXES = (".pth", ".pt")
 _MSGPACK_SUFFIXES = (".msgpack", ".flax")
 
 
-def _read_torch(path: pathlib.Path, name: str, num_classes: int) -> dict:
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError(f"teacher.params_file {str(path)!r} is a PyTorch file: install torch "
-                      "(CPU is enough) to read it") from e
-  try:
-    from kdjax import convert
-  except ImportError as e:
-    raise ImportError("kdjax.convert (PyTorch -> Flax conversion) is not available in this "
-                      "version") from e
-  state_dict = torch.load(path, map_location="cpu", weights_only=True)
-  for key in ("model", "state_dict", "net"):
-    if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
-      state_dict = state_dict[key]
-      break
-  return convert.torch_state_dict(name, state_dict, num_classes=num_classes)
+def _read_torch(path: pathlib.Path, name: str, num_classes: int, input_shape) -> dict:
+  from kdjax import convert  # PyTorch itself is imported by load_pth, lazily
+
+  state_dict = convert.load_pth(str(path))
+  return convert.torch_state_dict(name, state_dict, num_classes=num_classes,
+                                  input_shape=tuple(input_shape))
 
 
-def read_variables_file(path: str | pathlib.Path, *, model_name: str = "",
-                        num_classes: int = 0) -> dict[str, Any]:
+def read_variables_file(path: str | pathlib.Path, *, model_name: str = "", num_classes: int = 0,
+                        input_shape=(32, 32, 3)) -> dict[str, Any]:
   """The pytree stored in ``path`` (see the module docstring for the formats).
 
   Raises:
@@ -68,7 +58,7 @@ def read_variables_file(path: str | pathlib.Path, *, model_name: str = "",
   if path.suffix in _MSGPACK_SUFFIXES:
     return flax.serialization.msgpack_restore(path.read_bytes())
   if path.suffix in _TORCH_SUFFIXES:
-    return _read_torch(path, model_name, num_classes)
+    return _read_torch(path, model_name, num_classes, input_shape)
   raise ValueError(f"teacher.params_file {str(path)!r}: unknown format; expected an orbax "
                    f"checkpoint directory, {'/'.join(_MSGPACK_SUFFIXES)} (flax msgpack) or "
                    f"{'/'.join(_TORCH_SUFFIXES)} (PyTorch state_dict)")
@@ -94,7 +84,8 @@ def check_variables(tree: Any, expected: Any, *, source: str) -> dict[str, Any]:
              f"shape mismatch {wrong[:5]}" if wrong else ""]
     raise ValueError(f"{source} does not fit the teacher model: "
                      + "; ".join(p for p in parts if p))
-  flat = {k: jnp.asarray(got[k], dtype=want[k].dtype) for k in want}
+  # Through NumPy: arrays restored onto one device must not stay committed to it.
+  flat = {k: jnp.asarray(np.asarray(got[k], dtype=want[k].dtype)) for k in want}
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -102,5 +93,6 @@ def load_teacher_file(path: str | pathlib.Path, module: Any, sample_x: Any, *, m
                       num_classes: int) -> dict[str, Any]:
   """Variables of ``module`` read from ``path`` and checked against its own init."""
   expected = jax.eval_shape(lambda: as_model(module).init(jax.random.key(0), sample_x))
-  tree = read_variables_file(path, model_name=model_name, num_classes=num_classes)
+  tree = read_variables_file(path, model_name=model_name, num_classes=num_classes,
+                             input_shape=sample_x.shape[1:])
   return check_variables(tree, expected, source=f"teacher.params_file {str(path)!r}")
