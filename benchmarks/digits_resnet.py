@@ -30,8 +30,7 @@ from kdjax import data as kd_data
 from kdjax import losses
 from kdjax.configs import load_config
 from kdjax.models import as_model, split_variables
-from kdjax.training import (TrainState, load_run, make_optimizer, make_train_chunk,
-                            train_and_evaluate)
+from kdjax.training import TrainState, make_optimizer, make_train_chunk, train_and_evaluate
 from kdjax.training._checkpoint import load_variables
 from kdjax.training._step import frozen_teacher_apply
 from kdjax.training._teacher import model_from_config
@@ -67,7 +66,7 @@ def resume_check(root, seed):
           "collections": sorted(a)}
 
 
-def step_time_ms(config_path, teacher_dir=None, repeats=3, chunk=20):
+def step_time_ms(config_path, teacher=None, repeats=3, chunk=20):
   """Median ms per train step (jitted ``chunk``-step ``lax.scan``), one device."""
   config = load_config(config_path)
   splits = kd_data.load_dataset(config.data.name, **config.data.kwargs)
@@ -81,8 +80,9 @@ def step_time_ms(config_path, teacher_dir=None, repeats=3, chunk=20):
                            opt_state=tx.init(params), model_state=state,
                            rng=jax.random.key_data(jax.random.key(1)))
   teacher_apply, teacher_vars = None, None
-  if teacher_dir is not None:
-    t_model, teacher_vars, _ = load_run(teacher_dir)
+  if teacher is not None:  # freshly initialised: the weights do not change the time
+    t_model = model_from_config({"name": teacher}, splits["num_classes"])
+    teacher_vars = as_model(t_model).init(jax.random.key(2), jnp.asarray(x))
     teacher_apply = frozen_teacher_apply(t_model)
   step = make_train_chunk(model=model, objective=objective, tx=tx, teacher_apply=teacher_apply)
   idx = kd_data.batch_indices(len(splits["train"]["y"]), batch_size=config.batch_size,
@@ -113,15 +113,25 @@ def train_seed(root, seed):
   (root / f"seed{seed}.json").write_text(json.dumps(accs))
 
 
-def report(root, seeds):
-  parts = [json.loads((root / f"seed{s}.json").read_text()) for s in range(seeds)]
+def timing(root):
+  """Step times, in ``root/timing.json``."""
   load_before = os.getloadavg()
   times = {"resnet14 (CE)": step_time_ms(RUNS["teacher resnet14"]),
            "resnet8 (CE)": step_time_ms(RUNS["resnet8 alone"]),
            "resnet8 <- resnet14 (KD, teacher in the step)": step_time_ms(
                RUNS["resnet8 <- resnet14 (Hinton KD, T=4, alpha=0.9)"],
-               teacher_dir=root / "teacher resnet14" / "seed0")}
+               teacher="resnet14")}
   load_after = os.getloadavg()
+  result = {"times": times, "load": [load_before[0], load_after[0]]}
+  (root / "timing.json").write_text(json.dumps(result))
+  return result
+
+
+def report(root, seeds, resume=True):
+  parts = [json.loads((root / f"seed{s}.json").read_text()) for s in range(seeds)]
+  measured = (json.loads((root / "timing.json").read_text()) if (root / "timing.json").exists()
+              else timing(root))
+  times, (load_before, load_after) = measured["times"], measured["load"]
   results = {
       "data": "scikit-learn digits as 8x8x1 images: 1,437 train / 360 test (seeded split 0)",
       "recipe": "Adam 1e-3, cosine decay over 200 steps, batch 100, one device; test "
@@ -131,10 +141,11 @@ def report(root, seeds):
                                "mean": float(np.mean([p[name] for p in parts])),
                                "std": float(np.std([p[name] for p in parts]))}
                         for name in RUNS},
-      "resume": resume_check(root, 0),
+      "resume": resume_check(root, 0) if resume else "not rerun here: see "
+                "tests/test_model_state.py::test_resume_is_bit_identical_including_batch_stats",
       "step_time_ms": times,
       "conditions": {"machine": "shared 2-core CPU VM loaded by other jobs (load average "
-                                f"{load_before[0]:.1f} before timing, {load_after[0]:.1f} "
+                                f"{load_before:.1f} before timing, {load_after:.1f} "
                                 "after): times are upper bounds, not quiet-machine numbers",
                      "jax": jax.__version__, "python": platform.python_version(),
                      "device": str(jax.devices()[0])},
@@ -150,14 +161,18 @@ def main():
   parser.add_argument("--seed", type=int, default=None, help="train this seed only")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--report", action="store_true", help="aggregate, resume check, timing")
+  parser.add_argument("--timing", action="store_true", help="step times only")
+  parser.add_argument("--no-resume", dest="resume", action="store_false")
   args = parser.parse_args()
   root = pathlib.Path(args.workdir)
   root.mkdir(parents=True, exist_ok=True)
   if args.seed is not None:
     train_seed(root, args.seed)
+  if args.timing:
+    timing(root)
   if args.report:
-    report(root, args.seeds)
-  if args.seed is None and not args.report:
+    report(root, args.seeds, resume=args.resume)
+  if args.seed is None and not (args.report or args.timing):
     for seed in range(args.seeds):
       train_seed(root, seed)
     report(root, args.seeds)
