@@ -178,3 +178,14 @@ def test_teacher_smoke_config_trains(tmp_path):  # student_resnet8 and kd_*: tes
   summary = train_and_evaluate(smoke("digits/teacher_resnet14.py", num_steps=10),
                                str(tmp_path / "run"))
   assert summary["steps"] == 10 and np.isfinite(summary["test"]["nll"])
+
+
+def test_digits_as_images():
+  from kdjax.data import load_digits
+
+  flat, images = load_digits(), load_digits(image_shape=(8, 8, 1))
+  assert images["train"]["x"].shape == (len(flat["train"]["y"]), 8, 8, 1)
+  np.testing.assert_array_equal(images["test"]["x"].reshape(len(flat["test"]["y"]), 64),
+                                flat["test"]["x"])
+  with pytest.raises(ValueError, match=r"image_shape=\(7, 7, 1\) must hold the 64 pixels"):
+    load_digits(image_shape=(7, 7, 1))
