@@ -128,19 +128,30 @@ def timing(root):
 
 
 def report(root, seeds, resume=True):
-  parts = [json.loads((root / f"seed{s}.json").read_text()) for s in range(seeds)]
-  measured = (json.loads((root / "timing.json").read_text()) if (root / "timing.json").exists()
-              else timing(root))
-  times, (load_before, load_after) = measured["times"], measured["load"]
+  table = {}  # name -> {seed: summary} of the runs that finished
+  for name in RUNS:
+    for seed in range(seeds):
+      path = root / name / f"seed{seed}" / "summary.json"
+      if path.exists():
+        table.setdefault(name, {})[seed] = json.loads(path.read_text())
+  timing_path = root / "timing.json"
+  measured = json.loads(timing_path.read_text()) if timing_path.exists() else None
+  if measured is None and resume:  # a full report also measures; a partial one reports none
+    measured = timing(root)
+  times, (load_before, load_after) = ((measured["times"], measured["load"]) if measured
+                                      else ("not measured", (float("nan"),) * 2))
   results = {
       "data": "scikit-learn digits as 8x8x1 images: 1,437 train / 360 test (seeded split 0)",
       "recipe": "Adam 1e-3, cosine decay over 200 steps, batch 100, one device; test "
                 "accuracy of the final weights (BatchNorm running statistics, eval mode)",
       "seeds": list(range(seeds)),
-      "test_accuracy": {name: {"per_seed": [p[name] for p in parts],
-                               "mean": float(np.mean([p[name] for p in parts])),
-                               "std": float(np.std([p[name] for p in parts]))}
-                        for name in RUNS},
+      "test_accuracy": {name: {"seeds": sorted(runs),
+                               "per_seed": [runs[k]["test"]["accuracy"] for k in sorted(runs)],
+                               "mean": float(np.mean([r["test"]["accuracy"] for r in runs.values()])),
+                               "std": float(np.std([r["test"]["accuracy"] for r in runs.values()])),
+                               "wall_s_per_run": [runs[k]["wall_s"] for k in sorted(runs)]}
+                        for name, runs in table.items()},
+      "not_finished": [name for name in RUNS if len(table.get(name, {})) < seeds],
       "resume": resume_check(root, 0) if resume else "not rerun here: see "
                 "tests/test_model_state.py::test_resume_is_bit_identical_including_batch_stats",
       "step_time_ms": times,
