@@ -225,3 +225,24 @@ def test_pytorch_teacher_from_a_pth_file(tmp_path):
       "teacher.params_file": str(path), "teacher.model.name": "resnet8"})
   summary = train_and_evaluate(config, str(tmp_path / "kd"))
   assert abs(summary["teacher_test"]["accuracy"] - expected) <= 1 / len(test["y"])
+
+
+def test_nnx_dropout_is_a_pure_function_of_the_step_key():
+  class Dropped(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+      self.l1 = nnx.Linear(5, 8, rngs=rngs)
+      self.drop = nnx.Dropout(0.5, rngs=rngs)
+      self.l2 = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(self.drop(self.l1(x)))
+
+  adapter = as_model(Dropped(nnx.Rngs(0)))
+  variables = adapter.init(None, None)
+  train = jax.jit(lambda v, x, r: adapter.apply(v, x, train=True, rng=r).logits)
+  a, b = train(variables, X[0], jax.random.key(1)), train(variables, X[0], jax.random.key(1))
+  np.testing.assert_array_equal(a, b)  # same key, same mask: resumable
+  assert not np.array_equal(a, train(variables, X[0], jax.random.key(2)))
+  evaluated = adapter.apply(variables, X[0], train=False).logits
+  l1, l2 = variables["params"]["l1"], variables["params"]["l2"]
+  np.testing.assert_allclose(evaluated, dense64(l2, dense64(l1, X[0])), rtol=1e-5, atol=1e-5)
