@@ -101,12 +101,12 @@ def test_nnx_teacher_runs_frozen_in_eval_mode():
   nnx.replace_by_pure_dict(stats, t_vars["state"])
   nnx.update(teacher, stats)
   teacher.eval()
-  direct = teacher(X[0])
+  direct, _ = nnx.capture(teacher, nnx.Intermediate)(X[0])  # the module's own call
   np.testing.assert_allclose(make_predict(teacher)(t_vars, X[0]), direct, rtol=1e-6)
   # Train mode normalises with the batch and updates the statistics, as nnx does.
   _, _, state = adapter.apply(t_vars, X[0], train=True)
   teacher.train()
-  teacher(X[0])
+  nnx.capture(teacher, nnx.Intermediate)(X[0])
   np.testing.assert_allclose(state["state"]["bn"]["mean"], teacher.bn.mean[...], rtol=1e-6)
   # As a teacher inside the step: eval mode, its statistics untouched.
   objective = losses.make_objective([

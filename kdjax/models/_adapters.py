@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
-from flax import traverse_util
+from flax import nnx, traverse_util
 
 Variables = Mapping[str, Any]
 
@@ -154,22 +154,18 @@ class NNXModel:
   module: Any
 
   def __post_init__(self):
-    from flax import nnx
-
     graphdef, params, rng_state, rest = nnx.split(self.module, nnx.Param, nnx.RngState, ...)
     object.__setattr__(self, "_parts", (graphdef, params, rng_state, rest))
 
   def init(self, rng, x):
     del rng, x  # an NNX module is built with its weights
     _, params, _, rest = self._parts
-    variables = {"params": params.to_pure_dict()}
+    variables = {"params": nnx.to_pure_dict(params)}
     if jax.tree.leaves(rest):
-      variables["state"] = rest.to_pure_dict()
+      variables["state"] = nnx.to_pure_dict(rest)
     return variables
 
   def apply(self, variables, x, *, train, rng=None, features=()):
-    from flax import nnx
-
     graphdef, params_t, rng_t, rest_t = self._parts
     params = jax.tree.map(lambda a: a, params_t)
     nnx.replace_by_pure_dict(params, variables["params"])
@@ -184,12 +180,12 @@ class NNXModel:
     wanted = frozenset(features)
     capture_kwargs = {"method_outputs": nnx.Intermediate} if wanted else {}
     logits, inter = nnx.capture(module, nnx.Intermediate, **capture_kwargs)(x)
-    found = flat_features(inter.to_pure_dict())
+    found = flat_features(nnx.to_pure_dict(inter))
     _check_requested(found, wanted, type(self.module).__name__)
     state = {}
     if "state" in variables:
       _, _, _, new_rest = nnx.split(module, nnx.Param, nnx.RngState, ...)
-      state = {"state": new_rest.to_pure_dict() if train else variables["state"]}
+      state = {"state": nnx.to_pure_dict(new_rest) if train else variables["state"]}
     return ModelOutput(logits, found, state)
 
 
@@ -231,8 +227,6 @@ def as_model(model: Any) -> Model:
     return model
   if isinstance(model, nn.Module):
     return LinenModel(model)
-  from flax import nnx
-
   if isinstance(model, nnx.Module):
     return NNXModel(model)
   if isinstance(model, Model):
