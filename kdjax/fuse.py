@@ -6,7 +6,12 @@ split, fits the learned combiners on validation only, and reports on test:
 every member; average fusion in the three spaces; fixed weights; weights fitted by NLL
 and by random search; deep fusion (cross-fitted); the uniform and greedy soups of each
 architecture group. Writes ``WORKDIR/report.md``, ``WORKDIR/report.json`` and a
-reliability diagram PNG for the best fused predictor.
+reliability diagram PNG (``reliability.png``) of the best fused predictor (the report's
+``best``: highest test accuracy among the fused predictors, first listed on ties).
+
+Members keep the user's order everywhere (``config.members``, ``fixed_weights``, "member
+i" in the report), even when architectures are interleaved: the loader stacks members by
+architecture, and their logits are put back in the given order.
 """
 
 import json
@@ -33,6 +38,12 @@ def _group_logits(group, x) -> jax.Array:
   return ensemble.apply(ensemble.linen_apply_fn(group.model), group.params, jnp.asarray(x))
 
 
+def member_logits(groups, x) -> jax.Array:
+  """``[M, B, C]`` logits of every member, in the user's order (``group.indices``)."""
+  order = np.argsort(np.concatenate([g.indices for g in groups]))
+  return jnp.concatenate([_group_logits(g, x) for g in groups])[order]
+
+
 def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Fits and evaluates every fusion of ``config.members``; returns the report dict."""
   out = pathlib.Path(workdir)
@@ -43,31 +54,36 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   splits = kd_data.load_dataset(config.data.name, **config.data.get("kwargs", {}),
                                 val_size=config.data.val_size)
   groups = load_teachers(config.members, num_classes=splits["num_classes"])
-  names = [f"{pathlib.Path(w).name}" for g in groups for w in g.workdirs]
+  by_index = {i: w for g in groups for i, w in zip(g.indices, g.workdirs)}
+  names = [pathlib.Path(by_index[i]).name for i in sorted(by_index)]
   val, test = splits["val"], splits["test"]
-  val_logits = jnp.concatenate([_group_logits(g, val["x"]) for g in groups])
-  test_logits = jnp.concatenate([_group_logits(g, test["x"]) for g in groups])
+  val_logits = member_logits(groups, val["x"])
+  test_logits = member_logits(groups, test["x"])
   num_members = val_logits.shape[0]
 
+  predictions: dict[str, jax.Array] = {}  # fused predictor -> test log-probs
   rows: dict[str, dict[str, float]] = {}
   for i, name in enumerate(names):
     rows[f"member {i} ({name})"] = _scores(test_logits[i], test["y"])
   for space in fusion.SPACES:
-    rows[f"average ({space})"] = _scores(fusion.average(test_logits, space=space), test["y"])
+    predictions[f"average ({space})"] = fusion.average(test_logits, space=space)
   if config.fixed_weights:
+    if len(config.fixed_weights) != num_members:
+      raise ValueError(f"config.fixed_weights has {len(config.fixed_weights)} entries but "
+                       f"config.members names {num_members} members (same order)")
     w = jnp.asarray(config.fixed_weights, jnp.float32)
-    rows["weighted (fixed)"] = _scores(fusion.weighted(test_logits, w, space=config.space), test["y"])
+    predictions["weighted (fixed)"] = fusion.weighted(test_logits, w, space=config.space)
   fitted = {}
   for method in ("nll", "random"):
     fit = fusion.fit_weights(val_logits, val["y"], space=config.space, method=method,
                              fit_temperature=config.fit_temperature and method == "nll",
                              seed=config.seed)
     fitted[method] = fit
-    rows[f"fitted weights ({method})"] = _scores(fit.apply(test_logits), test["y"])
+    predictions[f"fitted weights ({method})"] = fit.apply(test_logits)
   deep = fusion.fit_deep_fusion(val_logits, val["y"], folds=config.deep.folds,
                                 hidden=tuple(config.deep.hidden), steps=config.deep.steps,
                                 space=config.space, seed=config.seed)
-  rows["deep fusion"] = _scores(deep.predict(test_logits), test["y"])
+  predictions["deep fusion"] = deep.predict(test_logits)
 
   soups = {}
   for group in groups:
@@ -75,19 +91,20 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       continue
     arch = type(group.model).__name__
     apply = jax.jit(lambda p, x, m=group.model: m.apply({"params": p}, x))
-    rows[f"uniform soup ({arch} x{group.size})"] = _scores(
-        apply(fusion.uniform_soup(group.params), test["x"]), test["y"])
+    predictions[f"uniform soup ({arch} x{group.size})"] = apply(
+        fusion.uniform_soup(group.params), test["x"])
     greedy = fusion.greedy_soup(
         group.params, lambda p: metrics.accuracy(apply(p, val["x"]), val["y"]))
-    rows[f"greedy soup ({arch}, {len(greedy.indices)} of {group.size})"] = _scores(
-        apply(greedy.params, test["x"]), test["y"])
-    soups[arch] = {"greedy_indices": [int(i) for i in greedy.indices],
+    predictions[f"greedy soup ({arch}, {len(greedy.indices)} of {group.size})"] = apply(
+        greedy.params, test["x"])
+    # Soup indices count within the group; map them to the user's member numbers.
+    soups[arch] = {"greedy_members": [int(group.indices[i]) for i in greedy.indices],
                    "greedy_val_accuracy": float(greedy.score)}
+  rows.update({k: _scores(v, test["y"]) for k, v in predictions.items()})
 
-  best = max((k for k in rows if not k.startswith("member")), key=lambda k: rows[k]["accuracy"])
+  best = max(predictions, key=lambda k: rows[k]["accuracy"])
   diagram = metrics.reliability_diagram(
-      fusion.average(test_logits, space="prob"), test["y"], str(out / "reliability.png"),
-      title="probability average, test")
+      predictions[best], test["y"], str(out / "reliability.png"), title=f"{best}, test")
   report = {
       "members": names,
       "num_members": num_members,
@@ -97,6 +114,7 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "member_disagreement_test": float(metrics.member_disagreement(test_logits)),
       "soups": soups,
       "best": best,
+      "reliability_predictor": best,
       "reliability_ece": float(diagram["ece"]),
   }
   (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -107,6 +125,8 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   (out / "report.md").write_text(
       f"# kdjax fuse: {num_members} members\n\nFitted on {len(val['y'])} validation examples; "
       f"scored on {len(test['y'])} test examples.\n\n{table}\n\n"
-      f"Fitted weights: {report['fitted_weights']}\n\n![reliability](reliability.png)\n")
+      f"Fitted weights: {report['fitted_weights']}\n\n"
+      f"Reliability diagram of the best fused predictor, {best}:\n\n"
+      "![reliability](reliability.png)\n")
   print(table)
   return report

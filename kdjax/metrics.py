@@ -3,6 +3,10 @@
 These are metrics, not losses: they reduce over the batch (``[B, C]`` logits -> a scalar).
 Every function accepts logits or log-probabilities (``log_softmax`` is applied, which leaves
 log-probabilities unchanged), e.g. the output of :func:`kdjax.fusion.average`.
+
+Labels follow the losses' policy (:func:`kdjax.losses.label_mask`): a row whose label is
+outside ``[0, C)`` (padding such as ``-1`` or ``-100``) is left out, and the means are
+over the remaining rows (0 when there are none).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from kdjax import losses
 
 
 def _check(logits, labels, fn):
@@ -19,7 +25,16 @@ def _check(logits, labels, fn):
   if labels.shape != logits.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"{fn}: labels must be integer [B] = ({logits.shape[0]},), got "
                      f"{labels.shape} {labels.dtype}")
-  return logits, labels
+  if not jnp.issubdtype(logits.dtype, jnp.floating):
+    raise ValueError(f"{fn}: logits must be floating, got {logits.dtype}")
+  logits = logits.astype(jnp.result_type(jnp.float32, logits.dtype))  # bf16 -> float32
+  return logits, labels, losses.label_mask(labels, logits.shape[-1])
+
+
+def _mean(values: jax.Array, valid: jax.Array) -> jax.Array:
+  """Mean over the valid rows (selected, not multiplied); 0 when none is valid."""
+  total = jnp.sum(jnp.where(valid, values, 0))
+  return total / jnp.maximum(jnp.sum(valid), 1).astype(total.dtype)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -32,21 +47,23 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   Returns:
     Scalar in ``[0, 1]``.
   """
-  logits, labels = _check(logits, labels, "accuracy")
-  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+  logits, labels, valid = _check(logits, labels, "accuracy")
+  return _mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32), valid)
 
 
 def nll(logits_or_log_probs: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean negative log-likelihood :math:`-\\frac1B\\sum_b \\log\\mathrm{softmax}(z_b)_{y_b}`.
+
+  The mean of :func:`kdjax.losses.cross_entropy` (the one NLL of kdjax) over the valid rows;
+  the fusion fits use it too.
 
   Args:
     logits_or_log_probs: ``[B, C]``; log-probabilities pass through ``log_softmax``
       unchanged.
     labels: ``[B]`` integer labels.
   """
-  logits, labels = _check(logits_or_log_probs, labels, "nll")
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+  logits, labels, valid = _check(logits_or_log_probs, labels, "nll")
+  return _mean(losses.cross_entropy(logits, labels), valid)
 
 
 def brier_score(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -56,21 +73,23 @@ def brier_score(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
   (Brier 1950's original form; some libraries divide by ``C`` as well.)
   """
-  logits, labels = _check(logits, labels, "brier_score")
+  logits, labels, valid = _check(logits, labels, "brier_score")
   probs = jax.nn.softmax(logits, axis=-1)
   onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=probs.dtype)
-  return jnp.mean(jnp.sum(jnp.square(probs - onehot), axis=-1))
+  return _mean(jnp.sum(jnp.square(probs - onehot), axis=-1), valid)
 
 
-def _bin_stats(logits, labels, num_bins):
-  """Per-bin (count, sum of accuracy, sum of confidence); bins ``(i/n, (i+1)/n]``."""
+def _bin_stats(logits, labels, valid, num_bins):
+  """Per-bin (count, sum of accuracy, sum of confidence) of the valid rows; bins
+  ``(i/n, (i+1)/n]``."""
   probs = jax.nn.softmax(logits, axis=-1)
   conf = jnp.max(probs, axis=-1)
   correct = (jnp.argmax(probs, axis=-1) == labels).astype(probs.dtype)
   idx = jnp.clip(jnp.ceil(conf * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
-  count = jnp.zeros(num_bins, probs.dtype).at[idx].add(1.0)
-  acc_sum = jnp.zeros(num_bins, probs.dtype).at[idx].add(correct)
-  conf_sum = jnp.zeros(num_bins, probs.dtype).at[idx].add(conf)
+  zeros = jnp.zeros(num_bins, probs.dtype)
+  count = zeros.at[idx].add(valid.astype(probs.dtype))
+  acc_sum = zeros.at[idx].add(jnp.where(valid, correct, 0))
+  conf_sum = zeros.at[idx].add(jnp.where(valid, conf, 0))
   return count, acc_sum, conf_sum
 
 
@@ -87,9 +106,9 @@ def expected_calibration_error(logits: jax.Array, labels: jax.Array,
   References:
     Naeini et al. 2015; Guo et al. 2017, "On calibration of modern neural networks".
   """
-  logits, labels = _check(logits, labels, "expected_calibration_error")
-  count, acc_sum, conf_sum = _bin_stats(logits, labels, num_bins)
-  return jnp.sum(jnp.abs(acc_sum - conf_sum)) / logits.shape[0]
+  logits, labels, valid = _check(logits, labels, "expected_calibration_error")
+  count, acc_sum, conf_sum = _bin_stats(logits, labels, valid, num_bins)
+  return jnp.sum(jnp.abs(acc_sum - conf_sum)) / jnp.maximum(jnp.sum(count), 1)
 
 
 def member_disagreement(member_logits: jax.Array, *, pairwise: bool = False) -> jax.Array:
@@ -136,12 +155,12 @@ def reliability_diagram(logits: jax.Array, labels: jax.Array, path: str, *,
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
-  logits, labels = _check(logits, labels, "reliability_diagram")
+  logits, labels, valid = _check(logits, labels, "reliability_diagram")
   count, acc_sum, conf_sum = (np.asarray(a, np.float64) for a in
-                              _bin_stats(logits, labels, num_bins))
+                              _bin_stats(logits, labels, valid, num_bins))
   with np.errstate(invalid="ignore", divide="ignore"):
     acc, conf = acc_sum / count, conf_sum / count
-  ece = float(np.sum(np.abs(acc_sum - conf_sum)) / logits.shape[0])
+  ece = float(np.sum(np.abs(acc_sum - conf_sum)) / max(np.sum(count), 1))
   edges = np.linspace(0.0, 1.0, num_bins + 1)
   fig = Figure(figsize=(4, 4), dpi=100)
   FigureCanvasAgg(fig)

@@ -73,6 +73,23 @@ def test_cross_fit_with_mlp_and_features(task):
   assert fit.predict(z, feats).shape == (600, 4)
 
 
+@pytest.mark.parametrize("space", ["prob", "logit"])
+def test_huge_regularisation_gives_the_plain_average_of_unchanged_members(task, space):
+  """Defect 6: the prior is the members as they are (scale 1), uniformly averaged, so a huge
+  weight decay fits exactly that; the old prior (scale -> 0) gave uniform predictions."""
+  z, y = task
+  fit = fusion.fit_deep_fusion(z, y, folds=2, steps=300, weight_decay=1e4, space=space)
+  np.testing.assert_allclose(fit.params["scale"], 1.0, atol=1e-3)
+  np.testing.assert_allclose(fit.params["weight_logits"], 0.0, atol=1e-3)
+  np.testing.assert_allclose(fit.params["bias"], 0.0, atol=1e-3)
+  np.testing.assert_allclose(fit.predict(z), fusion.average(z, space=space), atol=2e-2)
+  # The NLL is the average's (not the 1.386 = log 4 of a uniform prediction).
+  np.testing.assert_allclose(fit.oof_nll, _np_nll(fusion.average(z, space=space), np.asarray(y)),
+                             rtol=2e-3)
+  leaves = jax.tree.leaves(fusion.prior_params(fit.params))
+  assert len(leaves) == len(jax.tree.leaves(fit.params))
+
+
 def test_errors(task):
   z, y = task
   with pytest.raises(ValueError, match="folds"):

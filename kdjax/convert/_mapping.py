@@ -104,8 +104,11 @@ def convert_state_dict(state_dict: Mapping[str, Any], rules: Sequence[Rule],
     for name, array in variables.items():
       collection, leaf = name.split("/")
       path = f"{collection}/{target}/{leaf}"
-      converted[path] = array
-      sources[path] = f"{module}.{_TORCH_LEAF.get(leaf, leaf)}"
+      source = f"{module}.{_TORCH_LEAF.get(leaf, leaf)}"
+      if path in converted:  # two PyTorch modules for one Flax module
+        unexpected.append(f"{source} (-> {path}, already filled by {sources[path]})")
+        continue
+      converted[path], sources[path] = array, source
   unexpected += [f"{sources[p]} (-> {p})" for p in converted if p not in expected]
   missing = [p for p in expected if p not in converted]
   for path, array in converted.items():

@@ -7,6 +7,7 @@ from kdjax.fusion._combine import weighted as weighted
 from kdjax.fusion._deep import DeepFusion as DeepFusion
 from kdjax.fusion._deep import DeepFusionFit as DeepFusionFit
 from kdjax.fusion._deep import fit_deep_fusion as fit_deep_fusion
+from kdjax.fusion._deep import prior_params as prior_params
 from kdjax.fusion._fit import FusionWeights as FusionWeights
 from kdjax.fusion._fit import fit_weights as fit_weights
 from kdjax.fusion._fit import simplex_grid as simplex_grid

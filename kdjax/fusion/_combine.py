@@ -20,7 +20,8 @@ def _check_member_logits(member_logits: jax.Array, fn: str) -> jax.Array:
     raise ValueError(f"{fn}: member_logits must be [M, ..., C], got shape {member_logits.shape}")
   if not jnp.issubdtype(member_logits.dtype, jnp.floating):
     raise ValueError(f"{fn}: member_logits must be floating, got {member_logits.dtype}")
-  return member_logits
+  # Low-precision members (bf16/fp16) are fused in float32, as the losses compute.
+  return member_logits.astype(jnp.result_type(jnp.float32, member_logits.dtype))
 
 
 def check_weights(weights, num_members: int, *, fn: str = "weighted", atol: float = 1e-4):
@@ -48,7 +49,9 @@ def check_weights(weights, num_members: int, *, fn: str = "weighted", atol: floa
 
 
 def _combine(member_logits, log_weights, weights, space):
-  """Shared body; ``weights`` [M] broadcast over the member axis."""
+  """The one combine function of kdjax (average, weighted, fitted weights, DeepFusion):
+  fused log-probabilities ``[..., C]`` of ``member_logits [M, ..., C]`` in ``space``;
+  ``weights [M]`` (and their logs) broadcast over the member axis."""
   shape = (-1,) + (1,) * (member_logits.ndim - 1)
   if space == "prob":
     member_log_probs = jax.nn.log_softmax(member_logits, axis=-1)
@@ -91,12 +94,8 @@ def average(member_logits: jax.Array, *, space: str = "prob") -> jax.Array:
   _check_space(space, "average")
   member_logits = _check_member_logits(member_logits, "average")
   m = member_logits.shape[0]
-  if space == "prob":
-    member_log_probs = jax.nn.log_softmax(member_logits, axis=-1)
-    return jax.nn.logsumexp(member_log_probs, axis=0) - jnp.log(jnp.asarray(m, member_logits.dtype))
-  if space == "logit":
-    return jax.nn.log_softmax(jnp.mean(member_logits, axis=0), axis=-1)
-  return jax.nn.log_softmax(jnp.mean(jax.nn.log_softmax(member_logits, axis=-1), axis=0), axis=-1)
+  weights = jnp.full((m,), 1.0 / m, member_logits.dtype)
+  return _combine(member_logits, jnp.log(weights), weights, space)
 
 
 def weighted(member_logits: jax.Array, weights: jax.Array, *, space: str = "prob") -> jax.Array:

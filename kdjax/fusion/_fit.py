@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kdjax import metrics
 from kdjax.fusion._combine import _check_member_logits, _check_space, _combine
 
 METHODS = ("nll", "grid", "random")
@@ -47,13 +48,9 @@ def _check_labels(labels, batch: int, fn: str) -> jax.Array:
   return labels
 
 
-def _mean_nll(log_probs, labels):
-  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
-
-
 def _fused_nll(member_logits, labels, weights, log_temperature, space):
   z = member_logits / jnp.exp(log_temperature)
-  return _mean_nll(_combine(z, jnp.log(weights), weights, space), labels)
+  return metrics.nll(_combine(z, jnp.log(weights), weights, space), labels)
 
 
 @functools.partial(jax.jit, static_argnames=("space", "steps", "learning_rate",
@@ -99,8 +96,7 @@ def _score_candidates(member_logits, labels, candidates, log_temperature, *, spa
 
   def one(w):
     log_probs = _combine(z, jnp.log(w), w, space)
-    acc = jnp.mean(jnp.argmax(log_probs, axis=-1) == labels)
-    return acc, _mean_nll(log_probs, labels)
+    return metrics.accuracy(log_probs, labels), metrics.nll(log_probs, labels)
 
   return jax.lax.map(one, candidates, batch_size=64)
 

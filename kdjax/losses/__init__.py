@@ -5,13 +5,21 @@ Per-example losses (``soft_target_kl``, ``cross_entropy``, ``hinton_kd``, ``dkd`
 Batch-level losses (``dist``, ``similarity_preserving``, ``rkd_distance``,
 ``rkd_angle``, ``pkt``, ``weight_matching``) return a scalar for the batch.
 ``make_objective`` composes named, weighted terms for the trainer.
+
+Labels: every loss that takes integer labels ignores the rows whose label is outside
+``[0, C)`` (``-1``, ``-100``, ``C``, ...), like PyTorch's ``ignore_index``: loss 0, no
+gradient; ``label_mask`` gives the valid rows, and averages over them give 0 for a batch
+of only ignored rows. Masks (``where``) select, never multiply: NaN or inf in a masked
+entry reaches neither the value nor the gradient.
 """
 
 from kdjax.losses._compose import LossInputs as LossInputs
 from kdjax.losses._compose import Objective as Objective
 from kdjax.losses._compose import TERMS as TERMS
+from kdjax.losses._compose import TermSpec as TermSpec
 from kdjax.losses._compose import make_objective as make_objective
 from kdjax.losses._compose import term_keywords as term_keywords
+from kdjax.losses._checks import label_mask as label_mask
 from kdjax.losses._features import Projector as Projector
 from kdjax.losses._features import attention_transfer as attention_transfer
 from kdjax.losses._features import hint as hint

@@ -24,6 +24,68 @@ def check_integer(name: str, fn: str, x: Any) -> jax.Array:
   return x
 
 
+def check_labels(fn: str, logits: jax.Array, labels: Any,
+                 axis: int = -1) -> tuple[jax.Array, jax.Array]:
+  """The one label check of kdjax: ``(safe_labels, valid)`` for integer ``labels``.
+
+  Policy (as PyTorch's ``ignore_index``, for any out-of-range value): a label outside
+  ``[0, C)`` (``-1``, ``-100``, ``C``, ...) marks its row as *ignored*. ``valid`` is
+  ``labels`` in ``[0, C)``; ``safe_labels`` replaces ignored labels by 0 so that
+  indexing never reads out of range (the caller selects the ignored rows away with
+  ``valid``).
+
+  Raises:
+    TypeError: ``labels`` is not an integer array.
+    ValueError: ``labels.shape`` is not the logits' shape without ``axis``.
+  """
+  labels = check_integer("labels", fn, labels)
+  axis = axis % logits.ndim
+  expected = tuple(d for i, d in enumerate(logits.shape) if i != axis)
+  if labels.shape != expected:
+    raise ValueError(f"{fn}: labels must have the logits' shape without the class axis "
+                     f"{expected}, got labels.shape={labels.shape} (logits.shape="
+                     f"{logits.shape}, axis={axis})")
+  valid = label_mask(labels, logits.shape[axis])
+  return jnp.where(valid, labels, 0), valid
+
+
+def label_mask(labels: jax.Array, num_classes: int) -> jax.Array:
+  """``True`` where a label is a class index in ``[0, num_classes)``; ``False`` marks an
+  ignored row (padding such as ``-1`` or ``-100``, or any other out-of-range value).
+
+  Per-example losses give 0 on ignored rows; average them over the valid rows,
+  ``sum(loss) / max(sum(label_mask(labels, C)), 1)`` (a batch of only ignored rows gives
+  0), as :func:`kdjax.losses.make_objective` and :mod:`kdjax.metrics` do.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax.losses import label_mask
+    >>> label_mask(jnp.array([0, 2, -1, 3, -100]), 3)
+    Array([ True,  True, False, False, False], dtype=bool)
+  """
+  labels = jnp.asarray(labels)
+  return (labels >= 0) & (labels < num_classes)
+
+
+def masked_mean(values: jax.Array, where: jax.Array | None) -> jax.Array:
+  """Mean of ``values`` over ``where`` (selected, never multiplied: NaN in unselected
+  entries stays out); 0 when nothing is selected."""
+  if where is None:
+    return jnp.mean(values)
+  total = jnp.sum(jnp.where(where, values, 0))
+  return total / jnp.maximum(jnp.sum(where), 1).astype(total.dtype)
+
+
+def select(where: jax.Array | None, x: jax.Array, fill: Any = 0) -> jax.Array:
+  """``x`` where ``where`` (broadcast from the left: ``[B]`` masks rows of ``[B, ...]``),
+  ``fill`` elsewhere. Masks select, never multiply: ``NaN * 0`` is NaN, and masking the
+  *inputs* as well as the result keeps masked entries out of the gradient too."""
+  if where is None:
+    return x
+  where = jnp.reshape(where, where.shape + (1,) * (x.ndim - where.ndim))
+  return jnp.where(where, x, jnp.asarray(fill, x.dtype))
+
+
 def check_same_shape(fn: str, name_a: str, a: jax.Array, name_b: str, b: jax.Array) -> None:
   if a.shape != b.shape:
     raise ValueError(f"{fn}: {name_a} and {name_b} must have the same shape (no silent "

@@ -12,6 +12,34 @@ here, not at trace time) and returns an :class:`Objective`:
 >>> loss, metrics = objective(aux, inputs)
 >>> sorted(metrics)
 ['loss', 'loss/hinton_kd']
+
+Adding a loss term touches one place, the :data:`TERMS` registry: one entry per term,
+holding its function, the inputs it takes (positional, in order, by the names of
+:data:`INPUTS`) and its keywords with defaults (``REQUIRED`` for none). For example a
+per-example term ``forward_kl(student_logits, teacher_logits, *, temperature)`` is::
+
+    "forward_kl": TermSpec(_seq.forward_kl, ("student_logits", "teacher_logits"),
+                           {"temperature": 1.0}),
+
+The composer then validates its keywords, fetches its inputs from :class:`LossInputs`,
+masks padded rows, and averages its ``[B]`` values over the valid rows. Set
+``batch_level=True`` for a function that returns one scalar for the batch and takes
+``where=`` (``[B]`` valid rows) itself. A term that takes ``"labels"`` needs them unless
+its ``needs_labels(kwargs)`` says otherwise (then it gets ``None``); rows whose label is
+outside ``[0, C)`` are left out of its average (see :func:`kdjax.losses.label_mask`). A term
+that takes ``"student_feature"``/``"teacher_feature"`` gets the keywords
+``student_feature`` (required) and ``teacher_feature`` (default: the same name) to pick
+them; ``projector=True`` adds the ``projector``/``norm`` keywords of a learned
+:class:`~kdjax.losses.Projector` on the student feature (its params live in ``aux``).
+
+Masks select, never multiply: the rows that ``inputs.where`` marks as padding are replaced
+by zeros in every per-example input *before* any term runs, so NaN, inf or an
+out-of-range label there reaches neither the loss nor its gradient.
+
+A term's ``weight`` is a number, or a schedule of the training step: ``{"value": w,
+"warmup_steps": n}`` (linear warm-up from 0 to ``w`` over ``n`` steps, as in DKD's
+official recipe), or any callable ``step -> weight`` (e.g. an ``optax`` schedule); an
+objective with a schedule needs ``objective(aux, inputs, step=step)``.
 """
 
 import dataclasses
@@ -21,6 +49,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 
 from kdjax.losses import _checks
 from kdjax.losses import _features
@@ -56,95 +85,140 @@ class LossInputs:
 
 
 @dataclasses.dataclass(frozen=True)
-class _TermSpec:
-  """How to compute one registered term."""
+class TermSpec:
+  """One registered loss term: its function and what it takes.
 
-  kind: str  # "per_example" or "batch"
-  source: str  # "logits", "features" or "params"
-  kwargs: Mapping[str, Any]  # allowed keyword -> default (_REQUIRED if none)
-  needs_labels: Callable[[Mapping[str, Any]], bool]
+  Attributes:
+    fn: the loss, called as ``fn(*inputs, **kwargs)``; returns ``[B]`` (or a scalar when
+      ``batch_level``).
+    inputs: names from :data:`INPUTS`, passed positionally in this order.
+    kwargs: the function's keywords -> default (``REQUIRED`` when it has none).
+    batch_level: ``fn`` returns a scalar for the batch and takes ``where`` (``[B]``).
+    needs_labels: for terms taking ``"labels"``: ``kwargs -> bool``; when it returns
+      False the term gets ``labels=None`` (default: labels always needed).
+    projector: the student feature may pass through a learned :class:`Projector`
+      (adds the ``projector`` and ``norm`` keywords).
+  """
+
+  fn: Callable[..., jax.Array]
+  inputs: tuple[str, ...]
+  kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  batch_level: bool = False
+  needs_labels: Callable[[Mapping[str, Any]], bool] | None = None
+  projector: bool = False
+
+  def keywords(self) -> dict[str, Any]:
+    """Every keyword the term accepts in ``make_objective`` -> default."""
+    kw = dict(self.kwargs)
+    if "student_feature" in self.inputs:
+      kw.update(student_feature=REQUIRED, teacher_feature=None)
+    if self.projector:
+      kw.update(projector=None, norm=None)
+    return kw
 
 
-_REQUIRED = object()
-_FEATURE_KWARGS = {"student_feature": _REQUIRED, "teacher_feature": None}
+REQUIRED = object()
+INPUTS = ("student_logits", "teacher_logits", "labels", "student_feature", "teacher_feature",
+          "student_params", "teacher_params")
+_LOGITS = ("student_logits", "teacher_logits")
+_FEATURES = ("student_feature", "teacher_feature")
+_PARAMS = ("student_params", "teacher_params")
 
 # A literal registry: name -> spec. No import-time registration.
-TERMS: dict[str, _TermSpec] = {
-    "cross_entropy": _TermSpec("per_example", "logits", {}, lambda kw: True),
-    "soft_target_kl": _TermSpec("per_example", "logits", {"temperature": 1.0},
-                                lambda kw: False),
-    "hinton_kd": _TermSpec("per_example", "logits",
-                           {"temperature": _REQUIRED, "alpha": _REQUIRED},
-                           lambda kw: kw["alpha"] != 1),
-    "dkd": _TermSpec("per_example", "logits",
-                     {"alpha": 1.0, "beta": 8.0, "temperature": 4.0}, lambda kw: True),
-    "dist": _TermSpec("batch", "logits", {"beta": 1.0, "gamma": 1.0, "temperature": 1.0},
-                      lambda kw: False),
-    "hint": _TermSpec("per_example", "features",
-                      {**_FEATURE_KWARGS, "projector": None, "norm": None}, lambda kw: False),
-    "attention_transfer": _TermSpec("per_example", "features", {**_FEATURE_KWARGS, "p": 2},
-                                    lambda kw: False),
-    "similarity_preserving": _TermSpec("batch", "features", _FEATURE_KWARGS, lambda kw: False),
-    "rkd_distance": _TermSpec("batch", "features", _FEATURE_KWARGS, lambda kw: False),
-    "rkd_angle": _TermSpec("batch", "features", _FEATURE_KWARGS, lambda kw: False),
-    "pkt": _TermSpec("batch", "features", _FEATURE_KWARGS, lambda kw: False),
-    "weight_matching": _TermSpec("batch", "params", {"mapping": None, "normalize": True},
-                                 lambda kw: False),
+TERMS: dict[str, TermSpec] = {
+    "cross_entropy": TermSpec(_kd.cross_entropy, ("student_logits", "labels")),
+    "soft_target_kl": TermSpec(_kd.soft_target_kl, _LOGITS, {"temperature": 1.0}),
+    "hinton_kd": TermSpec(_kd.hinton_kd, (*_LOGITS, "labels"),
+                          {"temperature": REQUIRED, "alpha": REQUIRED},
+                          needs_labels=lambda kw: kw["alpha"] != 1),
+    "dkd": TermSpec(_kd.dkd, (*_LOGITS, "labels"),
+                    {"alpha": 1.0, "beta": 8.0, "temperature": 4.0}),
+    "dist": TermSpec(_kd.dist, _LOGITS, {"beta": 1.0, "gamma": 1.0, "temperature": 1.0},
+                     batch_level=True),
+    "hint": TermSpec(_features.hint, _FEATURES, projector=True),
+    "attention_transfer": TermSpec(_features.attention_transfer, _FEATURES, {"p": 2}),
+    "similarity_preserving": TermSpec(_relational.similarity_preserving, _FEATURES,
+                                      batch_level=True),
+    "rkd_distance": TermSpec(_relational.rkd_distance, _FEATURES, batch_level=True),
+    "rkd_angle": TermSpec(_relational.rkd_angle, _FEATURES, batch_level=True),
+    "pkt": TermSpec(_relational.pkt, _FEATURES, batch_level=True),
+    "weight_matching": TermSpec(_weights.weight_matching, _PARAMS,
+                                {"mapping": None, "normalize": True}, batch_level=True),
 }
-
-_RELATIONAL = {
-    "similarity_preserving": _relational.similarity_preserving,
-    "rkd_distance": _relational.rkd_distance,
-    "rkd_angle": _relational.rkd_angle,
-    "pkt": _relational.pkt,
-}
+_OWN_KEYWORDS = ("student_feature", "teacher_feature", "projector", "norm")
 
 
 @dataclasses.dataclass(frozen=True)
 class Term:
-  """One validated term: ``label`` (metric name), registered ``name``, weight, kwargs."""
+  """One validated term: ``label`` (metric name), registered ``name``, weight, kwargs.
+
+  ``weight`` is a number, or a callable ``step -> weight`` (a schedule).
+  """
 
   label: str
   name: str
-  weight: float
+  weight: float | Callable[[jax.Array], jax.Array]
   kwargs: Mapping[str, Any]
+
+  @property
+  def spec(self) -> TermSpec:
+    return TERMS[self.name]
+
+  def needs_labels(self) -> bool:
+    spec = self.spec
+    return "labels" in spec.inputs and (spec.needs_labels is None
+                                        or bool(spec.needs_labels(self.kwargs)))
 
 
 def _to_plain(x: Any) -> Any:
   return x.to_dict() if hasattr(x, "to_dict") else x
 
 
+def _parse_weight(label: str, weight: Any) -> float | Callable[[jax.Array], jax.Array]:
+  weight = _to_plain(weight)
+  if callable(weight):
+    return weight
+  if isinstance(weight, Mapping):
+    if set(weight) != {"value", "warmup_steps"}:
+      raise ValueError(f"make_objective: term {label!r} weight schedule must be "
+                       f"{{'value': w, 'warmup_steps': n}}, got keys {sorted(weight)}")
+    value, steps = _parse_weight(label, weight["value"]), weight["warmup_steps"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+      raise ValueError(f"make_objective: term {label!r} warmup_steps must be an int >= 1, "
+                       f"got {steps!r}")
+    return optax.linear_schedule(0.0, value, steps)
+  try:
+    return float(weight)
+  except (TypeError, ValueError):
+    raise ValueError(f"make_objective: term {label!r} weight must be a number or a schedule, "
+                     f"got {weight!r}") from None
+
+
 def _make_term(label: str, name: str, weight: Any, kwargs: Mapping[str, Any]) -> Term:
   if name not in TERMS:
     raise ValueError(f"make_objective: unknown loss term {name!r} (label {label!r}); known "
                      f"terms: {sorted(TERMS)}")
-  spec = TERMS[name]
+  allowed = TERMS[name].keywords()
   kwargs = dict(_to_plain(kwargs) or {})
-  unknown = set(kwargs) - set(spec.kwargs)
+  unknown = set(kwargs) - set(allowed)
   if unknown:
     raise ValueError(f"make_objective: term {label!r} ({name}) got unknown keyword(s) "
-                     f"{sorted(unknown)}; known keywords: {sorted(spec.kwargs)}")
-  missing = [k for k, v in spec.kwargs.items() if v is _REQUIRED and k not in kwargs]
+                     f"{sorted(unknown)}; known keywords: {sorted(allowed)}")
+  missing = [k for k, v in allowed.items() if v is REQUIRED and k not in kwargs]
   if missing:
     raise ValueError(f"make_objective: term {label!r} ({name}) needs keyword(s) {missing}")
-  full = {k: kwargs.get(k, v) for k, v in spec.kwargs.items()}
-  if spec.source == "features" and full["teacher_feature"] is None:
+  full = {k: kwargs.get(k, v) for k, v in allowed.items()}
+  if "teacher_feature" in full and full["teacher_feature"] is None:
     full["teacher_feature"] = full["student_feature"]
   if "temperature" in full:
     _checks.check_positive(f"make_objective: term {label!r}", "temperature", full["temperature"])
-  if name == "hint":
-    if full["projector"] not in (None, "dense", "conv"):
-      raise ValueError(f"make_objective: term {label!r}: projector must be None, 'dense' or "
-                       f"'conv', got {full['projector']!r}")
-    if full["norm"] not in (None, "layer"):
-      raise ValueError(f"make_objective: term {label!r}: norm must be None or 'layer', got "
-                       f"{full['norm']!r}")
-  try:
-    weight = float(weight)
-  except (TypeError, ValueError):
-    raise ValueError(f"make_objective: term {label!r} weight must be a number, "
-                     f"got {weight!r}") from None
-  return Term(label, name, weight, full)
+  if full.get("projector") not in (None, "dense", "conv"):
+    raise ValueError(f"make_objective: term {label!r}: projector must be None, 'dense' or "
+                     f"'conv', got {full['projector']!r}")
+  if full.get("norm") not in (None, "layer"):
+    raise ValueError(f"make_objective: term {label!r}: norm must be None or 'layer', got "
+                     f"{full['norm']!r}")
+  return Term(label, name, _parse_weight(label, weight), full)
 
 
 def _parse_terms(terms: Any) -> list[Term]:
@@ -190,10 +264,11 @@ class Objective:
   """A weighted sum of loss terms; build it with :func:`make_objective`.
 
   ``init(rng, inputs)`` returns the trainable auxiliary parameters (hint projectors,
-  keyed by term label); ``objective(aux_params, inputs)`` returns
+  keyed by term label); ``objective(aux_params, inputs, step=None)`` returns
   ``(loss, metrics)`` with ``metrics = {"loss/<label>": unweighted term, "loss": total}``.
-  Per-example terms are averaged over the valid examples (``inputs.where``); batch-level
-  terms get ``where`` themselves.
+  Per-example terms are averaged over the valid examples (``inputs.where``, and for
+  terms that take labels, the rows whose label is in ``[0, C)``; none valid gives 0);
+  batch-level terms get that mask as ``where``.
   """
 
   def __init__(self, terms: Sequence[Term]):
@@ -202,27 +277,28 @@ class Objective:
   def __repr__(self) -> str:
     return f"Objective({[(t.label, t.name, t.weight) for t in self.terms]})"
 
+  def _takes(self, *names: str) -> list[Term]:
+    return [t for t in self.terms if any(n in t.spec.inputs for n in names)]
+
   @property
   def needs_teacher(self) -> bool:
-    return any(t.name != "cross_entropy" for t in self.terms)
+    return bool(self._takes("teacher_logits", "teacher_feature", "teacher_params"))
 
   @property
   def needs_labels(self) -> bool:
-    return any(TERMS[t.name].needs_labels(t.kwargs) for t in self.terms)
+    return any(t.needs_labels() for t in self.terms)
 
   @property
   def needs_params(self) -> bool:
-    return any(TERMS[t.name].source == "params" for t in self.terms)
+    return bool(self._takes("student_params"))
 
   @property
   def student_features(self) -> frozenset[str]:
-    return frozenset(t.kwargs["student_feature"] for t in self.terms
-                     if TERMS[t.name].source == "features")
+    return frozenset(t.kwargs["student_feature"] for t in self._takes("student_feature"))
 
   @property
   def teacher_features(self) -> frozenset[str]:
-    return frozenset(t.kwargs["teacher_feature"] for t in self.terms
-                     if TERMS[t.name].source == "features")
+    return frozenset(t.kwargs["teacher_feature"] for t in self._takes("teacher_feature"))
 
   def _projector(self, term: Term, inputs: LossInputs) -> _features.Projector:
     target = _feature(inputs, "teacher", term.kwargs["teacher_feature"], term.label).shape[1:]
@@ -232,7 +308,7 @@ class Objective:
   def init(self, rng: jax.Array, inputs: LossInputs) -> dict[str, Any]:
     """Initialises the auxiliary parameters (``{}`` when no term has any)."""
     aux = {}
-    with_params = [t for t in self.terms if t.name == "hint" and t.kwargs["projector"]]
+    with_params = [t for t in self.terms if t.kwargs.get("projector")]
     for i, term in enumerate(with_params):
       x = _feature(inputs, "student", term.kwargs["student_feature"], term.label)
       variables = self._projector(term, inputs).init(jax.random.fold_in(rng, i), x)
@@ -246,67 +322,70 @@ class Objective:
                        "which is None")
     return value
 
-  def _term_value(self, term: Term, aux_params: Mapping[str, Any],
-                  inputs: LossInputs) -> jax.Array:
-    kw, name = term.kwargs, term.name
-    spec = TERMS[name]
-    if spec.source == "logits":
-      s = inputs.student_logits
-      labels = inputs.labels
-      if spec.needs_labels(kw):
-        labels = self._require(term, inputs, "labels")
-      if name == "cross_entropy":
-        return _kd.cross_entropy(s, labels)
-      t = self._require(term, inputs, "teacher_logits")
-      if name == "soft_target_kl":
-        return _kd.soft_target_kl(s, t, temperature=kw["temperature"])
-      if name == "hinton_kd":
-        return _kd.hinton_kd(s, t, labels, temperature=kw["temperature"], alpha=kw["alpha"])
-      if name == "dkd":
-        return _kd.dkd(s, t, labels, alpha=kw["alpha"], beta=kw["beta"],
-                       temperature=kw["temperature"])
-      return _kd.dist(s, t, beta=kw["beta"], gamma=kw["gamma"], temperature=kw["temperature"],
-                      where=inputs.where)
-    if spec.source == "params":
-      return _weights.weight_matching(self._require(term, inputs, "student_params"),
-                                      self._require(term, inputs, "teacher_params"),
-                                      mapping=kw["mapping"], normalize=kw["normalize"])
-    fs = _feature(inputs, "student", kw["student_feature"], term.label)
-    ft = _feature(inputs, "teacher", kw["teacher_feature"], term.label)
-    if name == "hint":
-      if kw["projector"]:
+  def _input(self, term: Term, name: str, aux_params: Mapping[str, Any],
+             inputs: LossInputs) -> Any:
+    """The value of input ``name`` (one of :data:`INPUTS`) for ``term``."""
+    if name == "labels":
+      return self._require(term, inputs, "labels") if term.needs_labels() else None
+    if name in _FEATURES:
+      side = name.split("_")[0]
+      value = _feature(inputs, side, term.kwargs[name], term.label)
+      if side == "student" and term.kwargs.get("projector"):
         if term.label not in aux_params:
           raise ValueError(f"objective term {term.label!r} has a projector but aux_params has "
                            f"no {term.label!r} (keys {sorted(aux_params)}); call "
                            "objective.init(rng, inputs) first")
-        fs = self._projector(term, inputs).apply({"params": aux_params[term.label]}, fs)
-      return _features.hint(fs, ft)
-    if name == "attention_transfer":
-      return _features.attention_transfer(fs, ft, p=kw["p"])
-    return _RELATIONAL[name](fs, ft, where=inputs.where)
+        value = self._projector(term, inputs).apply({"params": aux_params[term.label]}, value)
+      return value
+    if name == "student_logits":
+      return inputs.student_logits
+    return self._require(term, inputs, name)
 
-  def __call__(self, aux_params: Mapping[str, Any],
-               inputs: LossInputs) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Returns ``(sum_i weight_i * term_i, metrics)``."""
+  def _weight(self, term: Term, step: Any) -> Any:
+    if not callable(term.weight):
+      return term.weight
+    if step is None:
+      raise ValueError(f"objective term {term.label!r} has a weight schedule; call "
+                       "objective(aux_params, inputs, step=step)")
+    return term.weight(step)
+
+  def __call__(self, aux_params: Mapping[str, Any], inputs: LossInputs, *,
+               step: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns ``(sum_i weight_i(step) * term_i, metrics)``."""
     aux_params = {} if aux_params is None else aux_params
-    batch = inputs.student_logits.shape[0]
-    if inputs.where is None:
-      mask = jnp.ones((batch,), jnp.float32)
-    else:
-      mask = _checks.check_where("objective", inputs.where, (batch,), "the batch")
-      mask = mask.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(mask), 1.0)
+    batch, num_classes = inputs.student_logits.shape[0], inputs.student_logits.shape[-1]
+    rows = None
+    if inputs.where is not None:
+      rows = _checks.check_where("objective", inputs.where, (batch,), "the batch")
+      # Select, don't multiply: padded rows become zeros before any term sees them.
+      row_wise = lambda x: x if x is None else _checks.select(rows, jnp.asarray(x))  # noqa: E731
+      inputs = inputs.replace(
+          student_logits=row_wise(inputs.student_logits),
+          labels=row_wise(inputs.labels), teacher_logits=row_wise(inputs.teacher_logits),
+          student_features=jax.tree.map(row_wise, inputs.student_features),
+          teacher_features=jax.tree.map(row_wise, inputs.teacher_features))
     metrics = {}
     total = jnp.zeros((), jnp.float32)
     for term in self.terms:
-      value = self._term_value(term, aux_params, inputs)
-      if TERMS[term.name].kind == "per_example":
+      args = [self._input(term, name, aux_params, inputs) for name in term.spec.inputs]
+      kwargs = {k: v for k, v in term.kwargs.items() if k not in _OWN_KEYWORDS}
+      valid = rows
+      if "labels" in term.spec.inputs and args[term.spec.inputs.index("labels")] is not None:
+        labels = args[term.spec.inputs.index("labels")]
+        ok = _checks.label_mask(labels, num_classes)
+        valid = ok if valid is None else valid & ok
+      if term.spec.batch_level:
+        if any(name not in _PARAMS for name in term.spec.inputs):  # it has a batch axis
+          kwargs["where"] = valid
+        value = term.spec.fn(*args, **kwargs)
+      else:
+        value = term.spec.fn(*args, **kwargs)
         if value.shape != (batch,):
           raise ValueError(f"objective term {term.label!r} gave per-example shape "
                            f"{value.shape}, expected ({batch},)")
-        value = jnp.sum(value * mask) / count
+        value = _checks.masked_mean(value, valid)
       metrics[f"loss/{term.label}"] = value
-      total = total + term.weight * value
+      total = total + self._weight(term, step) * value
     metrics["loss"] = total
     return total, metrics
 
@@ -321,7 +400,9 @@ def make_objective(terms: Any) -> Objective:
       "projector": "dense"})]``, or a mapping ``label -> {"weight": w, **kwargs}`` whose
       ``label`` is the term name unless a ``"loss"`` key names it (so two ``hint``
       terms can coexist as ``"hint_a"``/``"hint_b"``). ``ml_collections.ConfigDict``
-      values are accepted. Known names and keywords are in :data:`TERMS`.
+      values are accepted. Known names and keywords are in :data:`TERMS`
+      (:func:`term_keywords` lists them). A ``weight`` may be a schedule (see the
+      module docstring).
 
   Returns:
     An :class:`Objective`.
@@ -335,6 +416,6 @@ def make_objective(terms: Any) -> Objective:
 
 def term_keywords() -> dict[str, dict[str, Any]]:
   """``{term name: {keyword: default or "<required>"}}`` for documentation and errors."""
-  return {name: {k: ("<required>" if v is _REQUIRED else v) for k, v in spec.kwargs.items()}
+  return {name: {k: ("<required>" if v is REQUIRED else v) for k, v in spec.keywords().items()}
           for name, spec in TERMS.items()}
 

@@ -45,13 +45,14 @@ def hint(student_features: jax.Array, teacher_features: jax.Array, *,
   _checks.check_same_shape(fn, "student_features", s, "teacher_features", t)
   _checks.check_min_rank(fn, "student_features", s, 1)
   dtype = _checks.compute_dtype(s, t)
-  sq = jnp.square(s.astype(dtype) - t.astype(dtype))
   axes = tuple(range(1, s.ndim))
   if where is None:
-    return jnp.mean(sq, axis=axes)
+    return jnp.mean(jnp.square(s.astype(dtype) - t.astype(dtype)), axis=axes)
   where = _checks.check_where(fn, where, s.shape, "student_features")
+  # Select the inputs, not only the result: NaN in a masked entry must not reach the grads.
+  sq = jnp.square(jnp.where(where, s.astype(dtype) - t.astype(dtype), 0))
   count = jnp.sum(where, axis=axes).astype(dtype)
-  return jnp.sum(jnp.where(where, sq, 0.0), axis=axes) / jnp.maximum(count, 1)
+  return jnp.sum(sq, axis=axes) / jnp.maximum(count, 1)
 
 
 class Projector(nn.Module):

@@ -3,6 +3,16 @@
 All per-example losses return one value per example (no reduction): the caller
 averages, once, in the step. Low-precision inputs (bf16/fp16) are computed in
 float32 and the result is float32 (float64 when an input is float64).
+
+Labels: every loss that takes integer labels (``cross_entropy``, ``hinton_kd``, ``dkd``)
+applies one policy, through one check (``kdjax.losses.label_mask``): a label outside
+``[0, C)`` (``-1``, ``-100``, ``C``, ...) marks its row as ignored, like PyTorch's
+``ignore_index``: the row's loss is exactly 0 and it gets no gradient. Average over
+the valid rows (``make_objective`` does), so a batch of only ignored rows gives 0.
+
+Masks select, never multiply: entries excluded by ``where`` (and ignored rows) are
+replaced before any arithmetic, so NaN or inf there reaches neither the value nor the
+gradient.
 """
 
 from typing import Any
@@ -10,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from kdjax.losses import _checks
 
@@ -32,14 +43,17 @@ def _log_softmax(x: jax.Array, axis: int, where: jax.Array | None) -> jax.Array:
 
 def _kl_log_space(teacher_log_probs: jax.Array, student_log_probs: jax.Array, axis: int,
                   where: jax.Array | None) -> jax.Array:
-  """``sum p_t (log p_t - log p_s)``; ``p_t = 0`` terms (and their gradients) are exactly 0."""
-  p_t = jnp.exp(teacher_log_probs)
-  # The `where` also keeps huge log-ratios of underflowed classes out of the backward pass
-  # (their cotangent would overflow to inf and meet exp'(lt) = 0 as NaN).
-  terms = p_t * jnp.where(p_t > 0, teacher_log_probs - student_log_probs, 0.0)
+  """``sum p_t (log p_t - log p_s)`` (``optax.losses.kl_divergence_with_log_targets``);
+  ``p_t = 0`` terms (and their gradients) are exactly 0."""
+  # Classes whose teacher probability is 0 (-inf, or underflowed) are selected out before
+  # optax sees them: exp(-inf) * (-inf - ls) would be NaN, and the huge log-ratios of
+  # underflowed classes would overflow in the backward pass.
+  keep = jnp.exp(teacher_log_probs) > 0
   if where is not None:
-    terms = jnp.where(where, terms, 0.0)
-  return jnp.sum(terms, axis=axis)
+    keep = keep & where
+  return optax.losses.kl_divergence_with_log_targets(
+      jnp.where(keep, student_log_probs, 0.0), jnp.where(keep, teacher_log_probs, 0.0),
+      axis=axis, where=keep)
 
 
 def _prepare_pair(fn: str, student: Any, teacher: Any, student_name: str, teacher_name: str,
@@ -51,6 +65,7 @@ def _prepare_pair(fn: str, student: Any, teacher: Any, student_name: str, teache
   _checks.check_positive(fn, "temperature", temperature)
   if where is not None:
     where = _checks.check_where(fn, where, student.shape, student_name)
+    student, teacher = jnp.where(where, student, 0), jnp.where(where, teacher, 0)
   dtype = _checks.compute_dtype(student, teacher)
   return student.astype(dtype), teacher.astype(dtype), jnp.asarray(temperature, dtype), where
 
@@ -152,20 +167,15 @@ def soft_target_kl_with_log_targets(student_logits: jax.Array, teacher_log_probs
   return temp**2 * _kl_log_space(lt, ls, axis, where)
 
 
-def _check_labels(fn: str, logits: jax.Array, labels: Any, axis: int) -> jax.Array:
-  labels = _checks.check_integer("labels", fn, labels)
-  expected = tuple(d for i, d in enumerate(logits.shape) if i != axis % logits.ndim)
-  if labels.shape != expected:
-    raise ValueError(f"{fn}: labels must have the logits' shape without the class axis "
-                     f"{expected}, got labels.shape={labels.shape} (logits.shape="
-                     f"{logits.shape}, axis={axis})")
-  return labels
-
-
 def _take(x: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
-  idx = jnp.expand_dims(labels, axis)
-  return jnp.squeeze(jnp.take_along_axis(x, idx, axis=axis, mode="fill", fill_value=jnp.nan),
-                     axis)
+  """``x`` at the (in-range) ``labels`` along ``axis``."""
+  return jnp.squeeze(jnp.take_along_axis(x, jnp.expand_dims(labels, axis), axis=axis), axis)
+
+
+def _select_rows(valid: jax.Array, axis: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+  """Zeroes the rows (everything but ``axis``) where ``valid`` is False, before any math."""
+  keep = jnp.expand_dims(valid, axis)
+  return tuple(jnp.where(keep, a, jnp.zeros((), a.dtype)) for a in arrays)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int = -1,
@@ -173,14 +183,18 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int = -1,
   r"""Softmax cross-entropy with integer labels, per example.
 
   .. math::
-    -\log \mathrm{softmax}(z)_y
+    -\log \mathrm{softmax}(z)_y \quad (0 \text{ when } y \notin [0, C))
+
+  Computed by ``optax.losses.softmax_cross_entropy_with_integer_labels``. This is the one
+  NLL of kdjax: :func:`kdjax.metrics.nll` and the fusion fits average it.
 
   Args:
-    logits: ``[..., C]`` float logits.
-    labels: ``[...]`` integer class indices in ``[0, C)`` (out-of-range gives NaN).
+    logits: ``[..., C]`` float logits (or log-probabilities).
+    labels: ``[...]`` integer class indices. A label outside ``[0, C)`` (e.g. ``-1`` or
+      ``-100`` padding) marks an ignored row: its loss is 0 and it gets no gradient.
     axis: the class axis.
     where: optional boolean class mask broadcastable to ``logits.shape``; masked classes
-      are excluded from the softmax (the label's class must be unmasked).
+      are excluded from the softmax. A row whose label's class is masked is ignored.
 
   Returns:
     ``[...]`` per-example losses, float32 (or float64 for float64 logits).
@@ -197,11 +211,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int = -1,
   fn = "cross_entropy"
   logits = _checks.check_floating("logits", fn, logits)
   _checks.check_min_rank(fn, "logits", logits, 1)
-  labels = _check_labels(fn, logits, labels, axis)
+  axis = axis % logits.ndim
+  labels, valid = _checks.check_labels(fn, logits, labels, axis)
   if where is not None:
     where = _checks.check_where(fn, where, logits.shape, "logits")
-  logits = logits.astype(_checks.compute_dtype(logits))
-  return -_take(_log_softmax(logits, axis, where), labels, axis)
+    valid = valid & _take(where, labels, axis)
+    logits = jnp.where(where, logits, 0)
+  (logits,) = _select_rows(valid, axis, logits.astype(_checks.compute_dtype(logits)))
+  loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels, axis=axis,
+                                                                where=where)
+  return jnp.where(valid, loss, 0)
 
 
 def hinton_kd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array | None,
@@ -217,7 +236,9 @@ def hinton_kd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.
   Args:
     student_logits: ``[..., C]`` float logits (class axis last).
     teacher_logits: ``[..., C]`` float logits, same shape.
-    labels: ``[...]`` integer labels; may be ``None`` only when ``alpha == 1``.
+    labels: ``[...]`` integer labels; a label outside ``[0, C)`` ignores its row (loss 0,
+      no gradient, also in the soft term). May be ``None`` only when ``alpha == 1``
+      (pure distillation of every row).
     temperature: :math:`T > 0`.
     alpha: weight of the soft-target term, usually in ``[0, 1]``.
 
@@ -235,19 +256,23 @@ def hinton_kd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.
     Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
   """
   fn = "hinton_kd"
-  soft = soft_target_kl(student_logits, teacher_logits, temperature=temperature)
   concrete_one = not isinstance(alpha, jax.core.Tracer) and bool(np.all(np.asarray(alpha) == 1))
   if labels is None:
     if not concrete_one:
       raise ValueError(f"{fn}: labels is None, which is only allowed when alpha == 1 (pure "
                        f"distillation), got alpha={alpha!r}")
-    return soft
-  if concrete_one:
-    _check_labels(fn, jnp.asarray(student_logits), labels, -1)
-    return soft
-  hard = cross_entropy(student_logits, labels)
-  alpha = jnp.asarray(alpha, soft.dtype)
-  return alpha * soft + (1 - alpha) * hard
+    return soft_target_kl(student_logits, teacher_logits, temperature=temperature)
+  s = _checks.check_floating("student_logits", fn, student_logits)
+  t = _checks.check_floating("teacher_logits", fn, teacher_logits)
+  _checks.check_same_shape(fn, "student_logits", s, "teacher_logits", t)
+  _checks.check_min_rank(fn, "student_logits", s, 1)
+  labels, valid = _checks.check_labels(fn, s, labels, -1)
+  s, t = _select_rows(valid, -1, s, t)
+  soft = soft_target_kl(s, t, temperature=temperature)
+  if not concrete_one:
+    alpha = jnp.asarray(alpha, soft.dtype)
+    soft = alpha * soft + (1 - alpha) * cross_entropy(s, labels)
+  return jnp.where(valid, soft, 0)
 
 
 def dkd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array, *,
@@ -274,7 +299,8 @@ def dkd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
   Args:
     student_logits: ``[..., C]`` float logits, ``C >= 2``.
     teacher_logits: ``[..., C]`` float logits, same shape.
-    labels: ``[...]`` integer labels in ``[0, C)``.
+    labels: ``[...]`` integer labels; a label outside ``[0, C)`` ignores its row (loss 0,
+      no gradient).
     alpha: TCKD weight.
     beta: NCKD weight.
     temperature: :math:`T > 0`.
@@ -298,7 +324,8 @@ def dkd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
                                 "teacher_logits", temperature, None)
   if s.shape[-1] < 2:
     raise ValueError(f"{fn}: needs at least 2 classes, got student_logits.shape={s.shape}")
-  labels = _check_labels(fn, s, labels, -1)
+  labels, valid = _checks.check_labels(fn, s, labels, -1)
+  s, t = _select_rows(valid, -1, s, t)
   gt = jax.nn.one_hot(labels, s.shape[-1], dtype=jnp.bool_)
   other = ~gt
   ls = jax.nn.log_softmax(s / temp, axis=-1)
@@ -316,19 +343,20 @@ def dkd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
                        -1, other)
   alpha = jnp.asarray(alpha, s.dtype)
   beta = jnp.asarray(beta, s.dtype)
-  return temp**2 * (alpha * tckd + beta * nckd)
+  return jnp.where(valid, temp**2 * (alpha * tckd + beta * nckd), 0)
 
 
-def _pearson(a: jax.Array, b: jax.Array, axis: int, weights: jax.Array | None,
+def _pearson(a: jax.Array, b: jax.Array, axis: int, where: jax.Array | None,
              eps: float = 1e-8) -> jax.Array:
-  """DIST's ``pearson_correlation``: cosine of centred vectors, ``eps`` in the denominator."""
-  if weights is None:
+  """DIST's ``pearson_correlation``: cosine of centred vectors, ``eps`` in the denominator;
+  entries outside ``where`` are selected out."""
+  if where is None:
     a = a - jnp.mean(a, axis=axis, keepdims=True)
     b = b - jnp.mean(b, axis=axis, keepdims=True)
   else:
-    n = jnp.maximum(jnp.sum(weights, axis=axis, keepdims=True), 1)
-    a = (a - jnp.sum(a * weights, axis=axis, keepdims=True) / n) * weights
-    b = (b - jnp.sum(b * weights, axis=axis, keepdims=True) / n) * weights
+    n = jnp.maximum(jnp.sum(where, axis=axis, keepdims=True), 1).astype(a.dtype)
+    a = jnp.where(where, a - jnp.sum(jnp.where(where, a, 0), axis=axis, keepdims=True) / n, 0)
+    b = jnp.where(where, b - jnp.sum(jnp.where(where, b, 0), axis=axis, keepdims=True) / n, 0)
   num = jnp.sum(a * b, axis=axis)
   return num / (_checks.safe_norm(a, axis) * _checks.safe_norm(b, axis) + eps)
 
@@ -375,13 +403,11 @@ def dist(student_logits: jax.Array, teacher_logits: jax.Array, *, beta: float = 
                                 "teacher_logits", temperature, None)
   if s.ndim != 2:
     raise ValueError(f"{fn}: logits must be [B, C], got student_logits.shape={s.shape}")
+  if where is not None:
+    where = _checks.check_where(fn, where, s.shape[:1], "the batch")
+    s, t = _select_rows(where, -1, s, t)
   ys = jax.nn.softmax(s / temp, axis=-1)
   yt = jax.nn.softmax(t / temp, axis=-1)
-  if where is None:
-    inter = 1 - jnp.mean(_pearson(ys, yt, 1, None))
-    intra = 1 - jnp.mean(_pearson(ys, yt, 0, None))
-  else:
-    w = _checks.check_where(fn, where, s.shape[:1], "the batch").astype(s.dtype)
-    inter = 1 - jnp.sum(_pearson(ys, yt, 1, None) * w) / jnp.maximum(jnp.sum(w), 1)
-    intra = 1 - jnp.mean(_pearson(ys, yt, 0, w[:, None]))
+  inter = 1 - _checks.masked_mean(_pearson(ys, yt, 1, None), where)
+  intra = 1 - jnp.mean(_pearson(ys, yt, 0, None if where is None else where[:, None]))
   return temp**2 * (jnp.asarray(beta, s.dtype) * inter + jnp.asarray(gamma, s.dtype) * intra)

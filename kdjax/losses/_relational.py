@@ -3,7 +3,9 @@
 Every loss here compares relations *between the examples of a batch*, so each returns
 one scalar for the batch. Features ``[B, ...]`` are flattened to ``[B, D]``; the student
 and teacher widths ``D`` may differ, the batch sizes may not. ``where`` (``[B]`` bool)
-marks valid rows (padding): masking equals slicing the valid rows out.
+marks valid rows (padding): masking equals slicing the valid rows out. Masked rows are
+selected out (replaced by zeros) before any arithmetic, so NaN or inf in them reaches
+neither the value nor the gradient.
 """
 
 import jax
@@ -22,10 +24,16 @@ def _prepare(fn: str, student_features: jax.Array, teacher_features: jax.Array,
   dtype = _checks.compute_dtype(s, t)
   b = s.shape[0]
   if where is None:
-    w = jnp.ones((b,), dtype)
+    w = jnp.ones((b,), bool)
   else:
-    w = _checks.check_where(fn, where, (b,), "the batch").astype(dtype)
-  return s.reshape(b, -1).astype(dtype), t.reshape(b, -1).astype(dtype), w
+    w = _checks.check_where(fn, where, (b,), "the batch")
+  s = _checks.select(w, s.reshape(b, -1).astype(dtype))
+  t = _checks.select(w, t.reshape(b, -1).astype(dtype))
+  return s, t, w
+
+
+def _count(w: jax.Array, dtype) -> jax.Array:
+  return jnp.maximum(jnp.sum(w), 1).astype(dtype)
 
 
 def _smooth_l1(x: jax.Array) -> jax.Array:
@@ -63,10 +71,9 @@ def similarity_preserving(student_features: jax.Array, teacher_features: jax.Arr
     Tung & Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019.
   """
   s, t, w = _prepare("similarity_preserving", student_features, teacher_features, where)
-  s, t = s * w[:, None], t * w[:, None]
   gs = _checks.l2_normalize(s @ s.T, axis=-1)
   gt = _checks.l2_normalize(t @ t.T, axis=-1)
-  n = jnp.maximum(jnp.sum(w), 1)
+  n = _count(w, s.dtype)
   return jnp.sum(jnp.square(gs - gt)) / n**2
 
 
@@ -109,17 +116,17 @@ def rkd_distance(student_features: jax.Array, teacher_features: jax.Array, *,
     https://github.com/lenscloth/RKD
   """
   s, t, w = _prepare("rkd_distance", student_features, teacher_features, where)
-  pair = w[:, None] * w[None, :]
-  off = pair * (1 - jnp.eye(s.shape[0], dtype=s.dtype))
-  n_off = jnp.maximum(jnp.sum(off), 1)
+  pair = w[:, None] & w[None, :]
+  off = pair & ~jnp.eye(s.shape[0], dtype=bool)
+  n_off = _count(off, s.dtype)
 
   def normalised(e):
     d = _pdist(e)
-    mean = jnp.sum(d * off) / n_off
+    mean = jnp.sum(jnp.where(off, d, 0)) / n_off
     return d / jnp.where(mean > 0, mean, 1.0)
 
-  loss = _smooth_l1(normalised(s) - normalised(t)) * pair
-  return jnp.sum(loss) / jnp.maximum(jnp.sum(w), 1) ** 2
+  loss = jnp.where(pair, _smooth_l1(normalised(s) - normalised(t)), 0)
+  return jnp.sum(loss) / _count(w, s.dtype) ** 2
 
 
 def _angles(e: jax.Array) -> jax.Array:
@@ -160,9 +167,9 @@ def rkd_angle(student_features: jax.Array, teacher_features: jax.Array, *,
     https://github.com/lenscloth/RKD
   """
   s, t, w = _prepare("rkd_angle", student_features, teacher_features, where)
-  triple = w[:, None, None] * w[None, :, None] * w[None, None, :]
-  loss = _smooth_l1(_angles(s) - _angles(t)) * triple
-  return jnp.sum(loss) / jnp.maximum(jnp.sum(w), 1) ** 3
+  triple = w[:, None, None] & w[None, :, None] & w[None, None, :]
+  loss = jnp.where(triple, _smooth_l1(_angles(s) - _angles(t)), 0)
+  return jnp.sum(loss) / _count(w, s.dtype) ** 3
 
 
 def pkt(student_features: jax.Array, teacher_features: jax.Array, *,
@@ -200,14 +207,14 @@ def pkt(student_features: jax.Array, teacher_features: jax.Array, *,
     Transfer", ECCV 2018. https://github.com/passalis/probabilistic_kt
   """
   s, t, w = _prepare("pkt", student_features, teacher_features, where)
-  pair = w[:, None] * w[None, :]
+  pair = w[:, None] & w[None, :]
 
   def probs(e):
     u = e / (_checks.safe_norm(e, axis=-1, keepdims=True) + eps)
-    k = (u @ u.T + 1) / 2 * pair
+    k = jnp.where(pair, (u @ u.T + 1) / 2, 0)
     z = jnp.sum(k, axis=-1, keepdims=True)
     return k / jnp.where(z > 0, z, 1.0)
 
   ps, pt = probs(s), probs(t)
-  loss = pt * jnp.log((pt + eps) / (ps + eps)) * pair
-  return jnp.sum(loss) / jnp.maximum(jnp.sum(w), 1) ** 2
+  loss = jnp.where(pair, pt * jnp.log((pt + eps) / (ps + eps)), 0)
+  return jnp.sum(loss) / _count(w, s.dtype) ** 2

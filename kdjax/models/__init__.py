@@ -1,4 +1,6 @@
-"""Flax linen models with named intermediate features, and their registry."""
+"""Flax linen models with named intermediate features, and their registry: MNIST-1D's MLP
+and CNN1D, and the CNN zoo of the distillation benchmarks (CIFAR ResNets, WRNs, VGGs,
+MobileNetV2, ShuffleNetV1/V2 after RepDistiller; ImageNet ResNets after torchvision)."""
 
 from kdjax.models._cnn1d import CNN1D as CNN1D
 from kdjax.models._cnn1d import Conv1D as Conv1D

@@ -192,3 +192,54 @@ def test_trace_time_errors(terms, inputs, match):
   objective = losses.make_objective(terms)
   with pytest.raises(ValueError, match=match):
     jax.jit(objective)({}, inputs)
+
+
+def test_a_new_term_is_one_registry_entry(monkeypatch):
+  """Adding a term touches only TERMS: the composer validates its keywords, fetches its
+  inputs, masks padded rows and averages it, with no other change."""
+  def l1_logits(student_logits, teacher_logits, *, scale):
+    return scale * jnp.mean(jnp.abs(student_logits - teacher_logits), axis=-1)
+
+  monkeypatch.setitem(losses.TERMS, "l1_logits", losses.TermSpec(
+      l1_logits, ("student_logits", "teacher_logits"), {"scale": 1.0}))
+  objective = losses.make_objective([("l1_logits", 2.0, {"scale": 3.0})])
+  keep = jnp.asarray(np.array([1, 1, 0, 1, 1, 0], bool))
+  inputs = _inputs(where=keep)
+  loss, metrics = jax.jit(objective)({}, inputs)
+  s, t = np.asarray(inputs.student_logits), np.asarray(inputs.teacher_logits)
+  want = 3.0 * np.abs(s - t).mean(-1)[np.asarray(keep)].mean()
+  np.testing.assert_allclose(metrics["loss/l1_logits"], want, rtol=1e-6)
+  np.testing.assert_allclose(loss, 2.0 * want, rtol=1e-6)
+  assert objective.needs_teacher and not objective.needs_labels
+  assert losses.term_keywords()["l1_logits"] == {"scale": 1.0}
+  with pytest.raises(ValueError, match=r"unknown keyword\(s\) \['temperature'\]"):
+    losses.make_objective([("l1_logits", 1.0, {"temperature": 2.0})])
+
+
+def test_weight_schedules():
+  """A weight may be a linear warm-up (DKD's recipe) or any callable of the step."""
+  inputs = _inputs()
+  plain = losses.make_objective([("dkd", 8.0, {})])
+  warm = losses.make_objective({"dkd": {"weight": {"value": 8.0, "warmup_steps": 20}}})
+  custom = losses.make_objective([("dkd", lambda step: 8.0 * jnp.minimum(step / 20, 1.0), {})])
+  full, _ = plain({}, inputs)
+  for objective in (warm, custom):
+    run = jax.jit(lambda step, objective=objective: objective({}, inputs, step=step)[0])
+    np.testing.assert_allclose(run(0), 0.0, atol=1e-7)
+    np.testing.assert_allclose(run(5), full / 4, rtol=1e-5)
+    np.testing.assert_allclose(run(20), full, rtol=1e-5)
+    np.testing.assert_allclose(run(1000), full, rtol=1e-5)
+    with pytest.raises(ValueError, match="has a weight schedule; call objective"):
+      objective({}, inputs)
+  # Numbers need no step and ignore one: the default behaviour is unchanged.
+  np.testing.assert_allclose(plain({}, inputs, step=3)[0], full)
+
+
+@pytest.mark.parametrize("weight,match", [
+    ({"value": 1.0}, r"weight schedule must be \{'value': w, 'warmup_steps': n\}"),
+    ({"value": 1.0, "warmup_steps": 0}, "warmup_steps must be an int >= 1"),
+    ("heavy", "weight must be a number or a schedule"),
+])
+def test_weight_schedule_errors(weight, match):
+  with pytest.raises(ValueError, match=match):
+    losses.make_objective({"ce": {"loss": "cross_entropy", "weight": weight}})

@@ -6,64 +6,9 @@ import numpy as np
 import pytest
 
 from kdjax import losses
-
-
-# ---------------------------------------------------------------- float64 NumPy references
-def ref_hint(s, t):
-  return np.mean((s - t).reshape(s.shape[0], -1) ** 2, axis=1)
-
-
-def _normalize(x, eps=1e-12):  # torch.nn.functional.normalize(x, dim=-1)
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
-def ref_attention_transfer(s, t, p=2):
-  """RepDistiller ``Attention.at_loss`` per example (channels last here)."""
-  at = lambda f: _normalize((np.abs(f) ** p).mean(-1).reshape(f.shape[0], -1))
-  return np.mean((at(s) - at(t)) ** 2, axis=1)
-
-
-def ref_similarity_preserving(s, t):
-  b = s.shape[0]
-  s, t = s.reshape(b, -1), t.reshape(b, -1)
-  gs, gt = _normalize(s @ s.T), _normalize(t @ t.T)
-  return np.sum((gt - gs) ** 2) / b**2
-
-
-def _smooth_l1(x):
-  return np.where(np.abs(x) < 1, 0.5 * x**2, np.abs(x) - 0.5)
-
-
-def _pdist(e, eps=1e-12):
-  sq = (e**2).sum(1)
-  d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * e @ e.T, eps))
-  d[np.arange(len(e)), np.arange(len(e))] = 0
-  return d
-
-
-def ref_rkd_distance(s, t):
-  b = s.shape[0]
-  td, sd = _pdist(t.reshape(b, -1)), _pdist(s.reshape(b, -1))
-  td, sd = td / td[td > 0].mean(), sd / sd[sd > 0].mean()
-  return np.mean(_smooth_l1(sd - td))
-
-
-def ref_rkd_angle(s, t):
-  def angles(e):
-    e = e.reshape(e.shape[0], -1)
-    n = _normalize(e[None, :, :] - e[:, None, :])
-    return np.einsum("ijd,ikd->ijk", n, n).ravel()
-  return np.mean(_smooth_l1(angles(s) - angles(t)))
-
-
-def ref_pkt(s, t, eps=1e-7):
-  def probs(e):
-    e = e.reshape(e.shape[0], -1)
-    e = e / (np.linalg.norm(e, axis=1, keepdims=True) + eps)
-    k = (e @ e.T + 1) / 2
-    return k / k.sum(1, keepdims=True)
-  ps, pt = probs(s), probs(t)
-  return np.mean(pt * np.log((pt + eps) / (ps + eps)))
+from references import (  # tests/losses/references.py
+    ref_attention_transfer, ref_hint, ref_pkt, ref_rkd_angle, ref_rkd_distance,
+    ref_similarity_preserving)
 
 
 def _x(shape, seed):

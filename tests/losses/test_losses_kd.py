@@ -8,72 +8,12 @@ import scipy.special
 from jax.test_util import check_grads
 
 from kdjax import losses
+from references import (  # tests/losses/references.py
+    np_log_softmax, ref_cross_entropy, ref_dist, ref_dkd, ref_dkd_exact, ref_hinton_kd,
+    ref_soft_target_kl)
 
 TEMPERATURES = (0.5, 1.0, 4.0, 20.0)
 SHAPES = ((5, 7), (2, 3, 4))
-
-
-# ---------------------------------------------------------------- float64 NumPy references
-def np_log_softmax(x, axis=-1):
-  x = x - x.max(axis, keepdims=True)
-  return x - np.log(np.exp(x).sum(axis, keepdims=True))
-
-
-def ref_soft_target_kl(s, t, temperature=1.0):
-  ls, lt = np_log_softmax(s / temperature), np_log_softmax(t / temperature)
-  return temperature**2 * np.sum(np.exp(lt) * (lt - ls), -1)
-
-
-def ref_cross_entropy(z, y):
-  return -np.take_along_axis(np_log_softmax(z), y[..., None], -1)[..., 0]
-
-
-def ref_hinton_kd(s, t, y, temperature, alpha):
-  return alpha * ref_soft_target_kl(s, t, temperature) + (1 - alpha) * ref_cross_entropy(s, y)
-
-
-def _kl_div(log_input, target):  # torch.nn.functional.kl_div elementwise, summed over classes
-  return np.sum(np.where(target > 0, target * (np.log(np.where(target > 0, target, 1))
-                                                 - log_input), 0.0), -1)
-
-
-def ref_dkd(s, t, y, alpha, beta, temperature):
-  """mdistiller ``dkd_loss`` per example (no batch sum / B), literally."""
-  gt = np.eye(s.shape[-1])[y]
-  ps = scipy.special.softmax(s / temperature, -1)
-  pt = scipy.special.softmax(t / temperature, -1)
-  cat = lambda p: np.stack([(p * gt).sum(-1), (p * (1 - gt)).sum(-1)], -1)
-  tckd = _kl_div(np.log(cat(ps)), cat(pt)) * temperature**2
-  pt2 = scipy.special.softmax(t / temperature - 1000.0 * gt, -1)
-  lps2 = scipy.special.log_softmax(s / temperature - 1000.0 * gt, -1)
-  nckd = _kl_div(lps2, pt2) * temperature**2
-  return alpha * tckd + beta * nckd
-
-
-def ref_dkd_exact(s, t, y, alpha, beta, temperature):
-  """DKD in log space with the target class removed by -inf (the exact form of -1000)."""
-  gt = np.eye(s.shape[-1], dtype=bool)[y]
-  def parts(z):
-    lp = scipy.special.log_softmax(z / temperature, -1)
-    binary = np.stack([lp[gt], scipy.special.logsumexp(np.where(gt, -np.inf, lp), -1)], -1)
-    return binary, scipy.special.log_softmax(np.where(gt, -np.inf, z / temperature), -1)
-  (bs, ns), (bt, nt) = parts(s), parts(t)
-  kl = lambda lt, ls: np.sum(np.exp(lt) * np.where(np.isneginf(lt), 0.0, lt - np.where(
-      np.isneginf(lt), 0.0, ls)), -1)
-  return temperature**2 * (alpha * kl(bt, bs) + beta * kl(nt, ns))
-
-
-def ref_dist(zs, zt, beta, gamma, temperature):
-  """DIST_KD ``DIST.forward``, literally."""
-  def pearson(a, b, eps=1e-8):
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + eps)
-  ys = scipy.special.softmax(zs / temperature, 1)
-  yt = scipy.special.softmax(zt / temperature, 1)
-  inter = temperature**2 * (1 - pearson(ys, yt).mean())
-  intra = temperature**2 * (1 - pearson(ys.T, yt.T).mean())
-  return beta * inter + gamma * intra
 
 
 # ------------------------------------------------------------------------------ helpers

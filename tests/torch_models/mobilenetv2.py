@@ -6,7 +6,6 @@ models/mobilenetv2.py; ``forward`` returns ``(logits, features)`` with kdjax's f
 (RepDistiller returns the same list with and without ``preact``).
 """
 
-import torch
 from torch import nn
 
 

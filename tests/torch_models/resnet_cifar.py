@@ -5,7 +5,6 @@ github.com/HobbitLong/RepDistiller models/resnet.py; ``forward`` returns
 ``(logits, features)`` with kdjax's feature names.
 """
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 

@@ -4,7 +4,6 @@ Same modules, attribute names and forward as github.com/HobbitLong/RepDistiller
 models/vgg.py; ``forward`` returns ``(logits, features)`` with kdjax's feature names.
 """
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 

@@ -6,7 +6,6 @@ models/wrn.py; ``forward`` returns ``(logits, features)`` with kdjax's feature n
 to the stage output).
 """
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 

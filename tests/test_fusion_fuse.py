@@ -1,0 +1,77 @@
+"""`kdjax fuse` (run_fuse) on an interleaved CNN/MLP pool: members stay in the user's order."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax import data as kd_data
+from kdjax import metrics
+from kdjax.configs import load_config
+from kdjax.fuse import run_fuse
+from kdjax.training import load_run, train_and_evaluate
+
+MEMBERS = (("cnn_a", "mnist1d/member_cnn.py", 0), ("mlp_b", "mnist1d/member_mlp.py", 1),
+           ("cnn_c", "mnist1d/member_cnn.py", 2))
+
+
+@pytest.fixture(scope="module")
+def mixed_pool(tmp_path_factory):
+  """Three 40-step members, architectures interleaved: cnn_a, mlp_b, cnn_c."""
+  root = tmp_path_factory.mktemp("pool")
+  for name, config_path, seed in MEMBERS:
+    config = load_config(config_path, "smoke", {"seed": seed, "progress_bar": False})
+    train_and_evaluate(config, str(root / name))
+  return root
+
+
+def _test_scores(workdir, split):
+  model, params, _ = load_run(workdir)
+  logits = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, jnp.asarray(split["x"]))
+  return {"accuracy": float(metrics.accuracy(logits, split["y"])),
+          "nll": float(metrics.nll(logits, split["y"]))}
+
+
+def test_fixed_weights_land_on_the_members_in_the_given_order(mixed_pool, tmp_path):
+  """Defect 3: weights (0, 1, 0) must select mlp_b, the second member as given."""
+  config = load_config("mnist1d/fuse_cnn5.py")
+  config.members = ",".join(str(mixed_pool / name) for name, _, _ in MEMBERS)
+  config.fixed_weights = (0.0, 1.0, 0.0)
+  config.deep.steps = 20
+  report = run_fuse(config, str(tmp_path / "fuse"))
+  rows = report["test"]
+  assert report["members"] == ["cnn_a", "mlp_b", "cnn_c"]
+  assert [k for k in rows if k.startswith("member")] == [
+      "member 0 (cnn_a)", "member 1 (mlp_b)", "member 2 (cnn_c)"]
+
+  splits = kd_data.load_dataset(config.data.name, val_size=config.data.val_size)
+  for i, (name, _, _) in enumerate(MEMBERS):  # each row is that workdir's own model
+    want = _test_scores(mixed_pool / name, splits["test"])
+    got = rows[f"member {i} ({name})"]
+    np.testing.assert_allclose([got["accuracy"], got["nll"]], [want["accuracy"], want["nll"]],
+                               rtol=1e-4)
+  mlp = rows["member 1 (mlp_b)"]
+  fixed = rows["weighted (fixed)"]
+  np.testing.assert_allclose([fixed["accuracy"], fixed["nll"]], [mlp["accuracy"], mlp["nll"]],
+                             rtol=1e-4)
+  # The reliability diagram shows the predictor the report calls best.
+  assert report["reliability_predictor"] == report["best"]
+  best = rows[report["best"]]
+  assert best["accuracy"] == max(v["accuracy"] for k, v in rows.items()
+                                 if not k.startswith("member"))
+  np.testing.assert_allclose(report["reliability_ece"], best["ece"], rtol=1e-4, atol=1e-6)
+  saved = json.loads((tmp_path / "fuse" / "report.json").read_text())
+  assert saved["best"] == report["best"]
+  assert report["best"] in (tmp_path / "fuse" / "report.md").read_text()
+  # Greedy soup members are numbered like the report's members (the CNNs are 0 and 2).
+  assert set(saved["soups"]["CNN1D"]["greedy_members"]) <= {0, 2}
+
+
+def test_fixed_weights_of_the_wrong_length_are_refused(mixed_pool, tmp_path):
+  config = load_config("mnist1d/fuse_cnn5.py")
+  config.members = ",".join(str(mixed_pool / name) for name, _, _ in MEMBERS)
+  config.fixed_weights = (0.5, 0.5)
+  with pytest.raises(ValueError, match="fixed_weights has 2 entries but config.members names 3"):
+    run_fuse(config, str(tmp_path / "fuse"))
