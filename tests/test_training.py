@@ -121,8 +121,8 @@ def test_ensemble_teacher_targets_match_float64_reference(teacher_dir, tmp_path)
   x = np.random.default_rng(0).normal(size=(37, 40)).astype(np.float32)
   member_logits = []
   for w in workdirs.split(","):
-    model, params, _ = load_run(w)
-    member_logits.append(np.asarray(model.apply({"params": params}, x), np.float64))
+    model, variables, _ = load_run(w)
+    member_logits.append(np.asarray(model.apply(variables, x), np.float64))
   z = np.stack(member_logits)
   for temperature in (1.0, 4.0):
     p = np.exp(z / temperature - np.log(np.exp(z / temperature).sum(-1, keepdims=True)))

@@ -17,4 +17,12 @@ from kdjax.models._registry import MODELS as MODELS
 from kdjax.models._registry import apply_with_features as apply_with_features
 from kdjax.models._registry import count_params as count_params
 from kdjax.models._registry import get_model as get_model
+from kdjax.models._adapters import FunctionModel as FunctionModel
+from kdjax.models._adapters import LinenModel as LinenModel
+from kdjax.models._adapters import Model as Model
+from kdjax.models._adapters import ModelOutput as ModelOutput
+from kdjax.models._adapters import NNXModel as NNXModel
+from kdjax.models._adapters import as_model as as_model
+from kdjax.models._adapters import flat_features as flat_features
+from kdjax.models._adapters import split_variables as split_variables
 from kdjax.models._transformer import Transformer as Transformer

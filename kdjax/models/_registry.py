@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from kdjax.models._adapters import flat_features
 from kdjax.models._cnn1d import CNN1D
 from kdjax.models._mlp import MLP
 from kdjax.models._mobilenetv2 import MobileNetV2
@@ -76,12 +77,14 @@ def apply_with_features(model: nn.Module, params: Any, x: jax.Array,
                         **kwargs: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Runs ``model`` and returns ``(logits, features)``.
 
-  ``features`` maps each name the model sows into ``"intermediates"`` (e.g.
-  ``"penultimate"``, ``"block_2"``) to its array.
+  ``features`` maps each name the model sows into ``"intermediates"`` to its array,
+  under its path from the top module (``"penultimate"``, ``"block_2"``; a name sown
+  inside submodule ``stage_1`` is ``"stage_1/name"``). ``params`` may also be full
+  variables ``{"params": ..., "batch_stats": ...}`` (run as in evaluation).
   """
-  logits, state = model.apply({"params": params}, x, mutable=["intermediates"], **kwargs)
-  features = {name: values[-1] for name, values in state["intermediates"].items()}
-  return logits, features
+  variables = params if isinstance(params, dict) and "params" in params else {"params": params}
+  logits, state = model.apply(variables, x, mutable=["intermediates"], **kwargs)
+  return logits, flat_features(state.get("intermediates", {}))
 
 
 def count_params(params: Any) -> int:

@@ -102,8 +102,10 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> Any | None:
       quarantine=pathlib.Path(manager.directory).parent / "damaged_checkpoints")
 
 
-def load_params(workdir: str | pathlib.Path) -> Any:
-  """Student params of the latest checkpoint in ``workdir`` (for teachers and fusion).
+def load_variables(workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Student variables of the newest good checkpoint in ``workdir``:
+  ``{"params": ..., **model_state}`` (e.g. BatchNorm's ``"batch_stats"``), what a
+  teacher's ``apply`` takes. Damaged newer steps are skipped with a warning.
 
   Raises:
     FileNotFoundError: if ``workdir`` has no complete checkpoint.
@@ -118,4 +120,13 @@ def load_params(workdir: str | pathlib.Path) -> Any:
                                     quarantine=None)  # a teacher's workdir is only read
   if restored is None:
     raise FileNotFoundError(f"No complete checkpoint in {path}")
-  return restored["params"]["student"]
+  return {"params": restored["params"]["student"], **(restored.get("model_state") or {})}
+
+
+def load_params(workdir: str | pathlib.Path) -> Any:
+  """Student params of the newest good checkpoint in ``workdir`` (for fusion and soups).
+
+  Raises:
+    FileNotFoundError: if ``workdir`` has no complete checkpoint.
+  """
+  return load_variables(workdir)["params"]

@@ -46,6 +46,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.weights = ()       # fixed fusion weights (empty: uniform)
   c.teacher.fusion_temperature = 1.0  # fuse members' softmax(z / T); set T = the KD temperature
   c.teacher.cache = True       # compute teacher targets once (inputs are not augmented)
+  # A teacher from a file kdjax did not write (instead of workdir): an orbax checkpoint
+  # directory, a flax msgpack file (*.msgpack) or a PyTorch state_dict (*.pth), and its
+  # architecture {"name": registry name, **fields}; see kdjax.training._teacher_files.
+  c.teacher.params_file = ""
+  c.teacher.model = ml_collections.ConfigDict({"name": ""})
 
   # Structure distillation: copy teacher layers into the student before training.
   c.init = ml_collections.ConfigDict()

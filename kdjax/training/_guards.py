@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from kdjax.models import as_model
+
 # Sub-trees whose keys are free-form (loss labels, loader or model keyword arguments).
 FREE_FORM = ("losses", "data.kwargs", "model", "init.mapping")
 
@@ -97,10 +99,11 @@ def check_teachers_take(groups, sample_x) -> None:
   """
   spec = jax.ShapeDtypeStruct(sample_x.shape, sample_x.dtype)
   for group in groups:
-    params = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
-                          group.params)
+    variables = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
+                             group.variables)  # one member: drop the member axis
+    model = as_model(group.model)
     try:
-      jax.eval_shape(lambda p, x, m=group.model: m.apply({"params": p}, x), params, spec)
+      jax.eval_shape(lambda v, x, m=model: m.apply(v, x, train=False).logits, variables, spec)
     except Exception as e:  # flax raises shape errors of several types
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise ValueError(f"Teacher {', '.join(group.workdirs)} cannot take the student's inputs "

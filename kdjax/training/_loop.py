@@ -18,14 +18,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kdjax import data as kd_data
 from kdjax import losses, metrics
-from kdjax.models import apply_with_features, count_params
+from kdjax.models import as_model, count_params, split_variables
 from kdjax.training import _checkpoint as ckpt
 from kdjax.training import _guards, _nonfinite
 from kdjax.training._optim import make_optimizer
 from kdjax.training._preemption import Preempted, PreemptionGuard
 from kdjax.training._state import TrainState
-from kdjax.training._step import make_predict, make_train_chunk, predict_in_batches
-from kdjax.training._teacher import (load_teachers, model_from_config,
+from kdjax.training._step import (frozen_teacher_apply, make_predict, make_train_chunk,
+                                  predict_in_batches)
+from kdjax.training._teacher import (load_teacher_groups, model_from_config,
                                      single_teacher, teacher_log_probs)
 
 
@@ -121,10 +122,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   objective = losses.make_objective(config.losses)
   train_x, train_y = _load_training_inputs(config, splits, objective)
 
-  # Teachers: frozen inputs to the step, never part of the state.
+  sample_x = jnp.asarray(train_x[:config.batch_size])
+
+  # Teachers: frozen inputs to the step (eval mode), never part of the state.
   teacher_apply, teacher_params, teacher_cache, teacher_test = None, None, None, None
   if objective.needs_teacher:
-    groups = load_teachers(config.teacher.workdir, num_classes=num_classes)
+    groups = load_teacher_groups(config.teacher, num_classes=num_classes, sample_x=sample_x)
     _guards.check_teachers_take(groups, train_x[:1])
     test_targets = teacher_log_probs(groups, splits["test"]["x"], space=config.teacher.fusion,
                                      weights=config.teacher.weights)  # what the ensemble predicts
@@ -133,9 +136,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     "members": sum(g.size for g in groups)}
     online = (not config.teacher.cache or objective.teacher_features or objective.needs_params)
     if online:
-      t_model, t_params = single_teacher(groups)
-      teacher_apply = lambda p, x: apply_with_features(t_model, p, x)  # noqa: E731
-      teacher_params = jax.device_put(t_params, replicated)
+      t_model, t_variables = single_teacher(groups)
+      teacher_apply = frozen_teacher_apply(t_model, objective.teacher_features)
+      teacher_params = jax.device_put(t_variables, replicated)  # all variables, e.g. batch_stats
     else:
       teacher_cache = teacher_log_probs(groups, train_x, space=config.teacher.fusion,
                                         weights=config.teacher.weights,
@@ -147,18 +150,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
 
-  # Init: student, optional copy of teacher layers, objective's aux params, optimizer.
+  # Init: student (params + model state such as batch_stats), optional copy of teacher
+  # layers, objective's aux params, optimizer, dropout key.
   rng_student, rng_aux = jax.random.split(jax.random.key(config.seed))
-  sample_x = jnp.asarray(train_x[:config.batch_size])
-  student_params = model.init(rng_student, sample_x)["params"]
+  student = as_model(model)
+  student_params, model_state = split_variables(student.init(rng_student, sample_x))
   copied = []
   if config.init.from_teacher:
     if not objective.needs_teacher:
-      groups = load_teachers(config.teacher.workdir, num_classes=num_classes)
-    _, t_params = single_teacher(groups)
+      groups = load_teacher_groups(config.teacher, num_classes=num_classes, sample_x=sample_x)
+    _, t_variables = single_teacher(groups)
     student_params, copied = losses.init_from_teacher(
-        student_params, t_params, mapping=config.init.mapping or None)
-  s_logits, s_features = apply_with_features(model, student_params, sample_x)
+        student_params, t_variables["params"], mapping=config.init.mapping or None)
+  s_logits, s_features, _ = student.apply({"params": student_params, **model_state}, sample_x,
+                                          train=False, features=objective.student_features)
   t_logits, t_features = (teacher_apply(teacher_params, sample_x) if teacher_apply else
                           (None if teacher_cache is None else
                            jnp.asarray(teacher_cache[:config.batch_size]), {}))
@@ -166,12 +171,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       student_logits=s_logits, labels=None if train_y is None else jnp.asarray(
           train_y[:config.batch_size]),
       teacher_logits=t_logits, student_features=s_features, teacher_features=t_features,
-      student_params=student_params, teacher_params=teacher_params))
+      student_params=student_params,
+      teacher_params=None if teacher_params is None else teacher_params["params"]))
   params = {"student": student_params, "aux": aux_params}
   tx = make_optimizer(config.optimizer, config.num_steps,
                       steps_per_epoch=len(train_x) // config.batch_size)
   tx = _nonfinite.wrap_optimizer(tx, config.on_nonfinite, config.num_steps)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  dropout_key = jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 0xD50))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     model_state=model_state, rng=dropout_key)
   state = jax.device_put(state, replicated)
 
   manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints)
@@ -216,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if step % config.eval_every == 0 or step == config.num_steps:
       for split in ("val", "test"):
         if split in splits:
-          result = _evaluate(predict, state.params["student"], splits[split],
+          result = _evaluate(predict, state.student_variables(), splits[split],
                              batch_size=eval_batch, mesh=mesh)
           record.update({f"{split}/{k}": v for k, v in result.items()})
     log.write(record)
@@ -236,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager.wait_until_finished()
   manager.close()
 
-  test = _evaluate(predict, state.params["student"], splits["test"], batch_size=eval_batch,
+  test = _evaluate(predict, state.student_variables(), splits["test"], batch_size=eval_batch,
                    mesh=mesh)
   summary = {
       "test": test,

@@ -9,7 +9,6 @@ boundaries.
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +16,7 @@ import optax
 
 from kdjax import losses
 from kdjax.data import shard_batch
-from kdjax.models import apply_with_features
+from kdjax.models import as_model
 from kdjax.training._nonfinite import summarize_chunk
 from kdjax.training._state import TrainState
 
@@ -25,33 +24,64 @@ Batch = dict[str, jax.Array]
 TeacherApply = Callable[[Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def make_train_chunk(*, model: nn.Module, objective: losses.Objective,
-                     tx: optax.GradientTransformation,
-                     teacher_apply: TeacherApply | None = None) -> Callable:
-  """Builds ``train_chunk(state, batches, teacher_params) -> (state, metrics)``.
+def frozen_teacher_apply(teacher: Any, features=()) -> TeacherApply:
+  """``(teacher_variables, x) -> (logits, features)`` in eval mode: BatchNorm uses the
+  teacher's running statistics and never updates them, dropout is off.
 
   Args:
-    model: the student (a linen module whose params are ``state.params["student"]``).
+    teacher: a linen or NNX module, an ``apply_fn`` or a :class:`kdjax.models.Model`.
+    features: the feature paths to return (``objective.teacher_features``).
+  """
+  teacher = as_model(teacher)
+  features = tuple(sorted(features))
+
+  def apply(variables, x):
+    logits, feats, _ = teacher.apply(variables, x, train=False, features=features)
+    return logits, feats
+
+  return apply
+
+
+def make_train_chunk(*, model: Any, objective: losses.Objective,
+                     tx: optax.GradientTransformation,
+                     teacher_apply: TeacherApply | None = None) -> Callable:
+  """Builds ``train_chunk(state, batches, teacher_variables) -> (state, metrics)``.
+
+  Args:
+    model: the student: a linen or NNX module, an ``apply_fn`` or a
+      :class:`kdjax.models.Model`. It runs with ``train=True`` (BatchNorm normalises
+      with the batch's statistics and updates ``state.model_state``; dropout draws from
+      ``fold_in(state.rng, state.step)``). Its params are ``state.params["student"]``.
     objective: from :func:`kdjax.losses.make_objective`; its aux params are
       ``state.params["aux"]``.
     tx: the optimizer over all of ``state.params``.
-    teacher_apply: ``(teacher_params, x) -> (logits, features)`` for a teacher run
-      inside the step (online). ``None`` when teacher logits come cached in
-      ``batches["teacher_logits"]`` or no teacher is needed.
+    teacher_apply: ``(teacher_variables, x) -> (logits, features)`` for a teacher run
+      inside the step (online), e.g. :func:`frozen_teacher_apply`. ``None`` when teacher
+      logits come cached in ``batches["teacher_logits"]`` or no teacher is needed.
 
   The returned function is jitted with the state donated. ``batches`` holds
   ``"x": [K, B, ...]`` and optionally ``"y": [K, B]`` and
   ``"teacher_logits": [K, B, C]``. Metrics are means over the K steps (over the finite
   ones, with health fields: :func:`kdjax.training._nonfinite.summarize_chunk`).
-  """
 
-  def loss_fn(params, batch: Batch, teacher_params):
-    student_logits, student_features = apply_with_features(model, params["student"], batch["x"])
+  Under data parallelism (``batches`` sharded over a data mesh, the state
+  replicated) ``jit`` computes BatchNorm's mean and variance over the *global* batch,
+  as one device would: the statistics do not depend on the number of devices.
+  """
+  student = as_model(model)
+  student_feature_paths = tuple(sorted(objective.student_features))
+
+  def loss_fn(params, model_state, rng, batch: Batch, teacher_variables, step):
+    student_logits, student_features, new_state = student.apply(
+        {"params": params["student"], **model_state}, batch["x"], train=True, rng=rng,
+        features=student_feature_paths)
     teacher_logits = batch.get("teacher_logits")
     teacher_features = {}
+    teacher_params = None
     if teacher_apply is not None:
-      teacher_logits, teacher_features = jax.lax.stop_gradient(
-          teacher_apply(teacher_params, batch["x"]))
+      teacher_variables = jax.lax.stop_gradient(teacher_variables)
+      teacher_logits, teacher_features = teacher_apply(teacher_variables, batch["x"])
+      teacher_params = teacher_variables["params"]
     inputs = losses.LossInputs(
         student_logits=student_logits,
         labels=batch.get("y"),
@@ -59,35 +89,40 @@ def make_train_chunk(*, model: nn.Module, objective: losses.Objective,
         student_features=student_features,
         teacher_features=teacher_features,
         student_params=params["student"],
-        teacher_params=jax.lax.stop_gradient(teacher_params),
+        teacher_params=teacher_params,
     )
-    loss, metrics = objective(params["aux"], inputs)
+    loss, metrics = objective(params["aux"], inputs, step=step)  # step: weight schedules
     if "y" in batch:
       metrics["accuracy"] = jnp.mean(jnp.argmax(student_logits, -1) == batch["y"])
     if teacher_logits is not None:
       metrics["teacher_agreement"] = jnp.mean(
           jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1))
-    return loss, metrics
+    return loss, (metrics, new_state)
 
-  def train_step(state: TrainState, batch: Batch, teacher_params) -> tuple[TrainState, dict]:
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, teacher_params)
+  def train_step(state: TrainState, batch: Batch, teacher_variables) -> tuple[TrainState, dict]:
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, dropout_rng, batch, teacher_variables, state.step)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = optax.tree.norm(params)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         model_state=model_state), metrics
 
-  def train_chunk(state: TrainState, batches: Batch, teacher_params=None):
-    state, metrics = jax.lax.scan(lambda s, b: train_step(s, b, teacher_params), state, batches)
+  def train_chunk(state: TrainState, batches: Batch, teacher_variables=None):
+    state, metrics = jax.lax.scan(lambda s, b: train_step(s, b, teacher_variables), state,
+                                  batches)
     return state, summarize_chunk(metrics)  # means + health (kdjax.training._nonfinite)
 
   return jax.jit(train_chunk, donate_argnums=0)
 
 
-def make_predict(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
-  """Jitted ``(params, x) -> logits``."""
-  return jax.jit(lambda params, x: model.apply({"params": params}, x))
+def make_predict(model: Any) -> Callable[[Any, jax.Array], jax.Array]:
+  """Jitted ``(variables, x) -> logits`` in eval mode (``train=False``: BatchNorm uses
+  running statistics, dropout is off). ``variables`` is ``{"params": ..., **state}``."""
+  model = as_model(model)
+  return jax.jit(lambda variables, x: model.apply(variables, x, train=False).logits)
 
 
 def predict_in_batches(predict: Callable, params: Any, x, *, batch_size: int, mesh=None):

@@ -1,0 +1,37 @@
+"""Hinton KD on 8x8 digits images: the BatchNorm resnet14 teacher (eval mode, frozen
+statistics) distilled into a resnet8 student (train mode, its own statistics).
+
+T=4, alpha=0.9 (0.9 soft targets + 0.1 labels), the recipe of ``student_resnet8.py``;
+the teacher runs inside the step (``teacher.cache=False``), so every step exercises the
+frozen-teacher path. ``teacher.workdir`` is a ``teacher_resnet14.py`` run, or use
+``teacher.params_file`` + ``teacher.model.name`` for a teacher kdjax did not train.
+
+Launch:
+  kdjax train --config configs/digits/teacher_resnet14.py --workdir runs/digits_resnet14
+  kdjax train --config configs/digits/kd_resnet14_to_resnet8.py --workdir runs/digits_kd \
+      --config.teacher.workdir=runs/digits_resnet14
+Expected: benchmarks/results/digits_resnet.json (3 seeds; README "Model state").
+Args: "smoke" (seconds).
+"""
+
+import ml_collections
+
+from kdjax.training import default_config, smoke_variant
+
+
+def get_config(arg: str | None = None):
+  c = default_config()
+  c.data.name = "digits"
+  c.data.kwargs = ml_collections.ConfigDict({"image_shape": (8, 8, 1)})
+  c.model.name = "resnet8"
+  c.losses = {"hinton_kd": {"weight": 1.0, "temperature": 4.0, "alpha": 0.9}}
+  c.teacher.cache = False
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "cosine"
+  c.batch_size = 100
+  c.num_steps = 200
+  c.log_every, c.eval_every, c.checkpoint_every = 50, 100, 100
+  c.eval_batch_size = 360
+  if arg == "smoke":
+    smoke_variant(c)
+  return c

@@ -1,0 +1,191 @@
+"""Model state in the trainer: BatchNorm statistics, dropout keys, frozen teachers,
+resume and data parallelism (zoo resnet8 on 8x8 digits images)."""
+
+import json
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kdjax import losses
+from kdjax.configs import load_config
+from kdjax.models import as_model, get_model
+from kdjax.training import TrainState, make_predict, make_train_chunk, train_and_evaluate
+from kdjax.training._checkpoint import load_variables
+from kdjax.training._step import frozen_teacher_apply
+
+
+def smoke(path: str, **overrides):
+  return load_config(path, "smoke", {"progress_bar": False, **overrides})
+
+
+def losses_of(workdir) -> list[float]:
+  return [json.loads(line)["train/loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def state_for(model, x, tx, seed=0) -> TrainState:
+  variables = as_model(model).init(jax.random.key(seed), x)
+  params = {"student": variables.pop("params"), "aux": {}}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    model_state=variables, rng=jax.random.key_data(jax.random.key(seed + 1)))
+
+
+def test_batchnorm_train_uses_batch_statistics_eval_uses_running_ones():
+  x = np.random.default_rng(0).normal(2.0, 3.0, (16, 3)).astype(np.float32)
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+
+  adapter = as_model(Net())
+  variables = adapter.init(jax.random.key(0), x)
+  out, _, state = adapter.apply(variables, x, train=True)
+  x64 = x.astype(np.float64)
+  mean, var = x64.mean(0), x64.var(0)
+  np.testing.assert_allclose(out, (x64 - mean) / np.sqrt(var + 1e-5), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["mean"], 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(state["batch_stats"]["BatchNorm_0"]["var"], 0.9 + 0.1 * var, rtol=1e-5)
+  # Eval: running statistics, and nothing changes.
+  new_vars = {"params": variables["params"], **state}
+  evaluated, _, same = adapter.apply(new_vars, x, train=False)
+  ra_mean, ra_var = 0.1 * mean, 0.9 + 0.1 * var
+  np.testing.assert_allclose(evaluated, (x64 - ra_mean) / np.sqrt(ra_var + 1e-5), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(make_predict(Net())(new_vars, x), evaluated, rtol=1e-6)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), same, state))
+
+
+def test_train_step_updates_student_statistics_and_never_the_teacher_s():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 8, 8, 1)), jnp.float32)
+  y = jnp.asarray(np.random.default_rng(1).integers(0, 10, (2, 16)), jnp.int32)
+  student, teacher = get_model("resnet8", num_classes=10), get_model("resnet8", num_classes=10)
+  t_vars = as_model(teacher).init(jax.random.key(7), x[0])
+  t_vars["batch_stats"] = jax.tree.map(  # non-trivial running statistics
+      lambda a: a + jax.random.uniform(jax.random.key(3), a.shape), t_vars["batch_stats"])
+  t_before = jax.tree.map(np.array, t_vars)
+  objective = losses.make_objective([("hinton_kd", 1.0, {"temperature": 4.0, "alpha": 0.5})])
+  tx = optax.sgd(0.1)
+  state = state_for(student, x[0], tx)
+  s_before = jax.tree.map(np.array, state.model_state)
+  chunk = make_train_chunk(model=student, objective=objective, tx=tx,
+                           teacher_apply=frozen_teacher_apply(teacher))
+  # Reference loss of the first step: student in train mode, teacher in eval mode.
+  s_logits, _, _ = as_model(student).apply(state.student_variables(), x[0], train=True)
+  t_logits = make_predict(teacher)(t_vars, x[0])
+  ref, _ = objective({}, losses.LossInputs(student_logits=s_logits, labels=y[0],
+                                           teacher_logits=t_logits))
+  new_state, m1 = chunk(state, {"x": x[:1], "y": y[:1]}, t_vars)
+  np.testing.assert_allclose(m1["loss"], ref, rtol=1e-5)
+  new_state, _ = chunk(new_state, {"x": x[1:], "y": y[1:]}, t_vars)
+  jax.tree.map(np.testing.assert_array_equal, t_vars, t_before)  # teacher bit-identical
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), new_state.model_state, s_before)
+  assert all(jax.tree.leaves(changed))  # every student mean/var moved
+
+
+class DropoutNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Dense(16)(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = nn.Dropout(0.5, deterministic=not train)(nn.relu(x))
+    return nn.Dense(3)(x)
+
+
+def test_dropout_masks_follow_the_step_and_resume_exactly():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 8, 5)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, (4, 8)), jnp.int32)
+  objective = losses.make_objective({"cross_entropy": {"weight": 1.0}})
+  tx = optax.adam(1e-2)
+  chunk = make_train_chunk(model=DropoutNet(), objective=objective, tx=tx)
+  straight, m_all = chunk(state_for(DropoutNet(), x[0], tx), {"x": x, "y": y})
+  half, _ = chunk(state_for(DropoutNet(), x[0], tx), {"x": x[:2], "y": y[:2]})
+  resumed, _ = chunk(half, {"x": x[2:], "y": y[2:]})
+  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+  # Dropout is live in training: the same batch twice gives different losses at steps 0, 1.
+  same = {"x": jnp.stack([x[0], x[0]]), "y": jnp.stack([y[0], y[0]])}
+  state = state_for(DropoutNet(), x[0], optax.sgd(0.0))
+  zero_lr = make_train_chunk(model=DropoutNet(), objective=objective, tx=optax.sgd(0.0))
+  _, m_a = zero_lr(state, jax.tree.map(lambda a: a[:1], same))
+  state = state_for(DropoutNet(), x[0], optax.sgd(0.0)).replace(step=jnp.ones((), jnp.int32))
+  _, m_b = zero_lr(state, jax.tree.map(lambda a: a[:1], same))
+  assert float(m_a["loss"]) != float(m_b["loss"])
+
+
+@pytest.fixture(scope="module")
+def resnet8_runs(tmp_path_factory):
+  """resnet8 on digits images, 20 steps with checkpoints at 10 and 20: on 8 devices, on 1
+  device, and the 8-device run resumed from its step-10 checkpoint (a copy of its workdir
+  with the last checkpoint removed, as if killed after step 10)."""
+  root = tmp_path_factory.mktemp("resnet8")
+  runs = {}
+  for name, devices in (("d8", 8), ("d1", 1)):
+    config = smoke("digits/student_resnet8.py", num_devices=devices, num_steps=20,
+                   checkpoint_every=10, keep_checkpoints=3)
+    runs[name] = train_and_evaluate(config, str(root / name))
+  shutil.copytree(root / "d8", root / "resumed")
+  shutil.rmtree(root / "resumed" / "checkpoints" / "20")
+  config = smoke("digits/student_resnet8.py", num_devices=8, num_steps=20,
+                 checkpoint_every=10, keep_checkpoints=3)
+  runs["resumed"] = train_and_evaluate(config, str(root / "resumed"))
+  return root, runs
+
+
+def test_resume_is_bit_identical_including_batch_stats(resnet8_runs):
+  root, runs = resnet8_runs
+  assert runs["resumed"]["resumed_from"] == 10
+  straight, resumed = load_variables(root / "d8"), load_variables(root / "resumed")
+  assert set(straight) == {"params", "batch_stats"}
+  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+  assert losses_of(root / "d8") == losses_of(root / "resumed")
+  assert runs["d8"]["test"] == runs["resumed"]["test"]
+
+
+def test_eight_devices_equal_one_device_with_global_batch_statistics(resnet8_runs):
+  root, runs = resnet8_runs
+  np.testing.assert_allclose(losses_of(root / "d1"), losses_of(root / "d8"), rtol=1e-5)
+  one, eight = load_variables(root / "d1"), load_variables(root / "d8")
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), one, eight)
+  init_stats = as_model(get_model("resnet8", num_classes=10)).init(
+      jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["batch_stats"]
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), eight["batch_stats"],
+                       init_stats)
+  assert min(jax.tree.leaves(moved)) > 1e-3  # the statistics were trained, not left at init
+  assert abs(runs["d1"]["test"]["nll"] - runs["d8"]["test"]["nll"]) < 1e-4
+
+
+def test_kd_smoke_config_with_a_batchnorm_teacher_workdir(resnet8_runs, tmp_path):
+  root, _ = resnet8_runs
+  config = smoke("digits/kd_resnet14_to_resnet8.py", num_steps=10,
+                 **{"teacher.workdir": str(root / "d8")})
+  teacher_before = jax.tree.map(np.array, load_variables(root / "d8"))
+  summary = train_and_evaluate(config, str(tmp_path / "kd"))
+  assert summary["steps"] == 10 and np.isfinite(summary["test"]["nll"])
+  # The teacher's test accuracy is what its own variables give in eval mode.
+  assert abs(summary["teacher_test"]["accuracy"] - runs_accuracy(root / "d8")) <= 1 / 360
+  jax.tree.map(np.testing.assert_array_equal, load_variables(root / "d8"), teacher_before)
+
+
+def runs_accuracy(workdir) -> float:
+  return json.loads((workdir / "summary.json").read_text())["test"]["accuracy"]
+
+
+def test_teacher_smoke_config_trains(tmp_path):  # student_resnet8 and kd_*: tests above
+  summary = train_and_evaluate(smoke("digits/teacher_resnet14.py", num_steps=10),
+                               str(tmp_path / "run"))
+  assert summary["steps"] == 10 and np.isfinite(summary["test"]["nll"])
+
+
+def test_digits_as_images():
+  from kdjax.data import load_digits
+
+  flat, images = load_digits(), load_digits(image_shape=(8, 8, 1))
+  assert images["train"]["x"].shape == (len(flat["train"]["y"]), 8, 8, 1)
+  np.testing.assert_array_equal(images["test"]["x"].reshape(len(flat["test"]["y"]), 64),
+                                flat["test"]["x"])
+  with pytest.raises(ValueError, match=r"image_shape=\(7, 7, 1\) must hold the 64 pixels"):
+    load_digits(image_shape=(7, 7, 1))
