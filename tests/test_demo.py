@@ -88,10 +88,12 @@ def test_format_spread_says_n():
 
 def test_config_docstrings_point_to_measured_results_instead_of_numbers():
   """A result is typed in one place: the README demo table or benchmarks/results/*.json.
-  Each config's docstring names the row or key, and that row or key exists."""
+  Each MNIST-1D config's docstring names the row or key, and that row or key exists.
+  (The reproduction configs under configs/cifar100 etc. quote *published* numbers to match,
+  which is their purpose; they are checked in tests/test_pipeline_configs.py.)"""
   readme = (REPO / "README.md").read_text()
   studies = json.loads((REPO / "benchmarks/results/mnist1d_accuracy.json").read_text())
-  for path in sorted((REPO / "configs").rglob("*.py")):
+  for path in sorted((REPO / "configs" / "mnist1d").rglob("*.py")):
     doc = ast.get_docstring(ast.parse(path.read_text()))
     assert not re.search(r"\d+\.\d+ ?%|\+- ?\d", doc), f"{path.name} quotes a number"
     expected = " ".join(doc[doc.index("Expected"):].split("Args:")[0].split())
