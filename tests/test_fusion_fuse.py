@@ -28,8 +28,8 @@ def mixed_pool(tmp_path_factory):
 
 
 def _test_scores(workdir, split):
-  model, params, _ = load_run(workdir)
-  logits = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, jnp.asarray(split["x"]))
+  model, variables, _ = load_run(workdir)  # {"params": ..., **model state}
+  logits = jax.jit(model.apply)(variables, jnp.asarray(split["x"]))
   return {"accuracy": float(metrics.accuracy(logits, split["y"])),
           "nll": float(metrics.nll(logits, split["y"]))}
 

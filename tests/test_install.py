@@ -35,7 +35,7 @@ def installed(tmp_path_factory):
   purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                            check=True, capture_output=True, text=True).stdout.strip()
   pathlib.Path(purelib, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-  subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+  subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--force-reinstall",
                   "--no-index", "--quiet", str(wheel)], check=True)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
