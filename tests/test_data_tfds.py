@@ -17,7 +17,7 @@ import pytest
 
 from kdjax import data
 
-tfds = pytest.importorskip("tensorflow_datasets")
+import tensorflow_datasets as tfds  # noqa: E402  (a runtime dependency)
 
 EXPECTED = {  # name: (x shape, classes)
     "mnist": ((28, 28, 1), 10),
