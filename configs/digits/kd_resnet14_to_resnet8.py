@@ -14,24 +14,11 @@ Expected: benchmarks/results/digits_resnet.json (3 seeds; README "Model state").
 Args: "smoke" (seconds).
 """
 
-import ml_collections
-
-from kdjax.training import default_config, smoke_variant
+from kdjax.configs import load_config
 
 
 def get_config(arg: str | None = None):
-  c = default_config()
-  c.data.name = "digits"
-  c.data.kwargs = ml_collections.ConfigDict({"image_shape": (8, 8, 1)})
-  c.model.name = "resnet8"
+  c = load_config("digits/student_resnet8.py", arg)  # the student's recipe
   c.losses = {"hinton_kd": {"weight": 1.0, "temperature": 4.0, "alpha": 0.9}}
   c.teacher.cache = False
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.schedule = "cosine"
-  c.batch_size = 100
-  c.num_steps = 200
-  c.log_every, c.eval_every, c.checkpoint_every = 50, 100, 100
-  c.eval_batch_size = 360
-  if arg == "smoke":
-    smoke_variant(c)
   return c

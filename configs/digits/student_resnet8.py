@@ -8,23 +8,10 @@ Expected: benchmarks/results/digits_resnet.json (3 seeds; README "Model state").
 Args: "smoke" (seconds).
 """
 
-import ml_collections
-
-from kdjax.training import default_config, smoke_variant
+from kdjax.configs import load_config
 
 
 def get_config(arg: str | None = None):
-  c = default_config()
-  c.data.name = "digits"
-  c.data.kwargs = ml_collections.ConfigDict({"image_shape": (8, 8, 1)})
+  c = load_config("digits/teacher_resnet14.py", arg)  # the same recipe, a smaller network
   c.model.name = "resnet8"
-  c.losses = {"cross_entropy": {"weight": 1.0}}
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.schedule = "cosine"
-  c.batch_size = 100
-  c.num_steps = 200
-  c.log_every, c.eval_every, c.checkpoint_every = 50, 100, 100
-  c.eval_batch_size = 360
-  if arg == "smoke":
-    smoke_variant(c)
   return c
