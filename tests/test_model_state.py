@@ -189,3 +189,28 @@ def test_digits_as_images():
                                 flat["test"]["x"])
   with pytest.raises(ValueError, match=r"image_shape=\(7, 7, 1\) must hold the 64 pixels"):
     load_digits(image_shape=(7, 7, 1))
+
+
+def test_a_skipped_non_finite_step_leaves_batch_statistics_unchanged():
+  """Under on_nonfinite="skip" (optax.apply_if_finite) a NaN batch drops the update and
+  must not write NaN into the running statistics either."""
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+      return nn.Dense(3)(x)
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 8, 4)).astype(np.float32)
+  x[1, 0, 0] = np.nan  # the second step's batch holds a NaN
+  y = jnp.asarray(rng.integers(0, 3, (2, 8)), jnp.int32)
+  objective = losses.make_objective([("cross_entropy", 1.0, {})])
+  tx = optax.apply_if_finite(optax.sgd(0.1), max_consecutive_errors=10)
+  chunk = make_train_chunk(model=Net(), objective=objective, tx=tx)
+  state = state_for(Net(), x[0], tx)
+  after_one, _ = chunk(state, {"x": jnp.asarray(x[:1]), "y": y[:1]})
+  kept = jax.tree.map(np.array, (after_one.params, after_one.model_state))
+  after_two, _ = chunk(after_one, {"x": jnp.asarray(x[1:]), "y": y[1:]})
+  jax.tree.map(np.testing.assert_array_equal, (after_two.params, after_two.model_state), kept)
+  assert int(after_two.opt_state.notfinite_count) == 1

@@ -107,6 +107,11 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = optax.tree.norm(params)
+    # A non-finite step never reaches the model state either (under on_nonfinite="skip"
+    # the optimizer drops its update; BatchNorm statistics must be dropped with it).
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), model_state,
+                               state.model_state)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          model_state=model_state), metrics
 
