@@ -88,3 +88,10 @@ def with_compute_dtype(model: Any, dtype: str | Any, *, field: str = "config.dty
   if dtype == jnp.float32:
     return model
   return MixedPrecisionModel(model, dtype)
+
+
+def teacher_groups_in(groups: list, dtype: str, *, field: str = "config.teacher.dtype") -> list:
+  """Teacher groups (:class:`kdjax.training.TeacherGroup`) whose models compute in
+  ``dtype`` (their variables unchanged)."""
+  return [dataclasses.replace(g, model=with_compute_dtype(g.model, dtype, field=field))
+          for g in groups]

@@ -189,6 +189,19 @@ def state_shardings(state: Any, tx: optax.GradientTransformation, rules: Sequenc
                        rng=replicated)
 
 
+def place_state(state: Any, tx: optax.GradientTransformation, rules: Sequence, mesh: Mesh,
+                *, field: str = "config.sharding.student") -> tuple[Any, Any]:
+  """``(placed state, its shardings)``: :func:`state_shardings` applied with
+  ``jax.device_put``; pass the shardings to ``make_train_chunk(state_shardings=...)``."""
+  shardings = state_shardings(state, tx, rules, mesh, field=field)
+  return jax.device_put(state, shardings), shardings
+
+
+def place(tree: Any, rules: Sequence, mesh: Mesh, *, field: str = "config.sharding.teacher") -> Any:
+  """``tree`` (e.g. teacher variables) placed on ``mesh`` by ``rules``."""
+  return jax.device_put(tree, tree_shardings(tree, rules, mesh, field=field))
+
+
 def per_device_bytes(tree: Any) -> int:
   """Bytes of ``tree``'s arrays on the fullest local device (from the placed shards)."""
   totals: dict[Any, int] = {}
