@@ -5,7 +5,6 @@ import json
 
 import jax
 import numpy as np
-import pytest
 
 from kdjax.configs import load_config
 from kdjax.training import load_variables, train_and_evaluate
@@ -15,7 +14,6 @@ def _nbytes(tree):
   return sum(np.asarray(a).nbytes for a in jax.tree.leaves(tree))
 
 
-@pytest.mark.slow
 def test_train_sharded_teacher_bf16_reports_memory(teacher_dir, tmp_path):
   # 5 devices as {"data": 1, "model": 5}: every CNN1D teacher array has a dimension
   # divisible by 5 (25 channels, 125 head inputs, 10 classes), so "fsdp" splits all of them.

@@ -14,13 +14,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kdjax import data as kd_data
 from kdjax import losses, metrics
 from kdjax.models import as_model, count_params, split_variables
 from kdjax.training import _checkpoint as ckpt
-from kdjax.training import _guards, _nonfinite
+from kdjax.training import _guards, _nonfinite, _precision, _sharding
 from kdjax.training._optim import make_optimizer
 from kdjax.training._preemption import Preempted, PreemptionGuard
 from kdjax.training._state import TrainState
@@ -107,10 +106,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_config(config)
   workdir = pathlib.Path(workdir)
   _guards.check_workdir(workdir)
-  mesh = kd_data.make_data_mesh(config.num_devices)
-  if config.batch_size % mesh.size:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by {mesh.size} devices")
-  replicated = NamedSharding(mesh, P())
+  mesh = _sharding.make_mesh(config.mesh, config.num_devices)  # axes "data", "model"
+  if config.batch_size % mesh.shape["data"]:
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by {mesh.shape['data']} devices")
 
   # Data.
   splits = kd_data.load_dataset(config.data.name, **config.data.get("kwargs", {}),
@@ -118,7 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_classes = splits["num_classes"]
 
   # Models and objective.
-  model = model_from_config(config.model.to_dict(), num_classes)
+  model = _precision.with_compute_dtype(model_from_config(config.model.to_dict(), num_classes),
+                                       config.dtype)
   objective = losses.make_objective(config.losses)
   train_x, train_y = _load_training_inputs(config, splits, objective)
 
@@ -128,6 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   teacher_apply, teacher_params, teacher_cache, teacher_test = None, None, None, None
   if objective.needs_teacher:
     groups = load_teacher_groups(config.teacher, num_classes=num_classes, sample_x=sample_x)
+    groups = _precision.teacher_groups_in(groups, config.teacher.dtype or config.dtype)
     _guards.check_teachers_take(groups, train_x[:1])
     test_targets = teacher_log_probs(groups, splits["test"]["x"], space=config.teacher.fusion,
                                      weights=config.teacher.weights)  # what the ensemble predicts
@@ -138,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if online:
       t_model, t_variables = single_teacher(groups)
       teacher_apply = frozen_teacher_apply(t_model, objective.teacher_features)
-      teacher_params = jax.device_put(t_variables, replicated)  # all variables, e.g. batch_stats
+      teacher_params = _sharding.place(t_variables, config.sharding.teacher, mesh)  # all variables
     else:
       teacher_cache = teacher_log_probs(groups, train_x, space=config.teacher.fusion,
                                         weights=config.teacher.weights,
@@ -180,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   dropout_key = jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 0xD50))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      model_state=model_state, rng=dropout_key)
-  state = jax.device_put(state, replicated)
+  state, state_shardings = _sharding.place_state(state, tx, config.sharding.student, mesh)
 
   manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints)
   restored = ckpt.restore_latest(manager, state)
@@ -190,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log = _MetricsLog(workdir / "metrics.jsonl", start_step)
 
   train_chunk = make_train_chunk(model=model, objective=objective, tx=tx,
-                                 teacher_apply=teacher_apply)
+                                 teacher_apply=teacher_apply, state_shardings=state_shardings)
   predict = make_predict(model)
   eval_batch = max(config.eval_batch_size // mesh.size, 1) * mesh.size
 
@@ -208,6 +208,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=None if config.progress_bar else True,  # None: off when not a TTY
                   desc=workdir.name, dynamic_ncols=True, leave=False)
   step = start_step
+  first = min(config.log_every, config.num_steps - step)  # XLA's memory analysis of the chunk
+  compiled = (train_chunk.lower(state, chunk_batches(step, first), teacher_params).compile()
+              if first > 0 else None)  # the jit cache reuses it for the first chunk
+  memory = _sharding.memory_report(state, teacher_params, compiled)
   preemption = PreemptionGuard().install()  # SIGTERM: checkpoint at the next chunk boundary
   while step < config.num_steps:
     num = min(config.log_every, config.num_steps - step)
@@ -258,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "devices": mesh.size,
       "backend": jax.default_backend(),
       "skipped_updates": _nonfinite.skipped_updates(state.opt_state),
+      "mesh": dict(mesh.shape), "dtype": config.dtype, "memory": memory,
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
