@@ -191,6 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   train_chunk = make_train_chunk(model=model, objective=objective, tx=tx,
                                  teacher_apply=teacher_apply, state_shardings=state_shardings)
+  train_chunk = _sharding.KeepCompiled(train_chunk)  # for XLA's memory analysis
   predict = make_predict(model)
   eval_batch = max(config.eval_batch_size // mesh.size, 1) * mesh.size
 
@@ -208,10 +209,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=None if config.progress_bar else True,  # None: off when not a TTY
                   desc=workdir.name, dynamic_ncols=True, leave=False)
   step = start_step
-  first = min(config.log_every, config.num_steps - step)  # XLA's memory analysis of the chunk
-  compiled = (train_chunk.lower(state, chunk_batches(step, first), teacher_params).compile()
-              if first > 0 else None)  # the jit cache reuses it for the first chunk
-  memory = _sharding.memory_report(state, teacher_params, compiled)
   preemption = PreemptionGuard().install()  # SIGTERM: checkpoint at the next chunk boundary
   while step < config.num_steps:
     num = min(config.log_every, config.num_steps - step)
@@ -262,7 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "devices": mesh.size,
       "backend": jax.default_backend(),
       "skipped_updates": _nonfinite.skipped_updates(state.opt_state),
-      "mesh": dict(mesh.shape), "dtype": config.dtype, "memory": memory,
+      "mesh": dict(mesh.shape), "dtype": config.dtype, "memory": _sharding.memory_report(
+          state, teacher_params, train_chunk.compiled),
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary

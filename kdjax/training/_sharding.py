@@ -229,6 +229,21 @@ def compiled_memory(compiled: Any) -> dict[str, int] | None:
           for name in _COMPILED_FIELDS}
 
 
+class KeepCompiled:
+  """Calls a jitted function and keeps the compiled program of its first call
+  (``fn.lower(*args).compile()``, which the jit cache then reuses: no second compile),
+  for :func:`compiled_memory`. ``compiled`` is ``None`` until the first call."""
+
+  def __init__(self, fn: Any):
+    self.fn = fn
+    self.compiled = None
+
+  def __call__(self, *args):
+    if self.compiled is None:
+      self.compiled = self.fn.lower(*args).compile()
+    return self.fn(*args)
+
+
 def memory_report(state: Any, teacher_variables: Any, compiled: Any = None) -> dict[str, Any]:
   """``summary.json``'s ``"memory"``: per-device bytes of the placed arrays (teacher
   params, teacher state such as BatchNorm statistics, student params, objective aux
