@@ -2,6 +2,8 @@
 virtual CPU devices: a teacher split over all devices with a replicated student trains
 exactly like the all-replicated run."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +34,7 @@ def _setup(seed=0, steps=3, batch=32):
   return {"x": x, "y": y}, teacher_vars, tx, state, objective
 
 
+@functools.lru_cache(maxsize=None)  # the all-replicated reference is shared by two tests
 def _run(mesh, student_rules, teacher_rules):
   batches, teacher_vars, tx, state, objective = _setup()
   shardings = _sharding.state_shardings(state, tx, student_rules, mesh)

@@ -126,6 +126,8 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
   def train_chunk(state: TrainState, batches: Batch, teacher_variables=None):
     state, metrics = jax.lax.scan(lambda s, b: train_step(s, b, teacher_variables), state,
                                   batches)
+    if state_shardings is not None:  # the chunk's output too, not only the scan's carry
+      state = jax.lax.with_sharding_constraint(state, state_shardings)
     return state, summarize_chunk(metrics)  # means + health (kdjax.training._nonfinite)
 
   return jax.jit(train_chunk, donate_argnums=0)
