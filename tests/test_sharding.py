@@ -150,3 +150,18 @@ def test_fsdp_student_keeps_params_and_adam_state_sharded():
                state.params, ref_state.params)
   assert report["per_device_bytes"]["optimizer_state"] < sum(
       a.nbytes for a in jax.tree.leaves(state.opt_state))
+
+
+def test_batches_on_a_2d_mesh_split_over_data_replicated_over_model():
+  from kdjax.data import DevicePrefetcher
+
+  mesh = _sharding.make_mesh({"data": 2, "model": 4})
+  x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+  placed = shard_batch({"x": x}, mesh)["x"]
+  assert placed.sharding.spec == P("data")
+  assert {s.data.shape for s in placed.addressable_shards} == {(4, 3)}  # 2 halves, 4 copies each
+  np.testing.assert_array_equal(placed, x)
+  with DevicePrefetcher(iter([{"x": x}]), mesh=mesh) as batches:
+    batch = next(batches)
+  assert batch["x"].sharding.spec == P("data")
+  np.testing.assert_array_equal(batch["x"], x)
