@@ -42,6 +42,24 @@ def _data_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), ("data",))
 
 
+def targets_program(groups: Sequence, *, mesh: Mesh, data_axis: str = "data", space: str = "prob",
+                    weights=None, temperature: float = 1.0, strategy: str = "auto"):
+  """``(run, variables, sharding)``: the jitted ``run(variables, x [B, ...]) -> [B, C]`` with
+  ``x`` and the result sharded over ``data_axis`` (``sharding``) and ``variables`` (the
+  teachers', placed) replicated."""
+  if data_axis not in mesh.shape:
+    raise ValueError(f"teacher_targets: mesh has no axis {data_axis!r}; its axes: "
+                     f"{list(mesh.shape)}")
+  apply = make_teacher_apply(groups, space=space, weights=weights, temperature=temperature,
+                             strategy=strategy)
+  replicated = NamedSharding(mesh, P())
+  sharded = NamedSharding(mesh, P(data_axis))
+  variables = jax.device_put(teacher_variables(groups), replicated)
+  run = jax.jit(lambda v, xb: apply(v, xb)[0], in_shardings=(replicated, sharded),
+                out_shardings=sharded)
+  return run, variables, sharded
+
+
 def teacher_targets(groups: Sequence, x: np.ndarray, *, mesh: Mesh | None = None,
                     data_axis: str = "data", space: str = "prob", weights=None,
                     temperature: float = 1.0, batch_size: int = 4096,
@@ -66,17 +84,10 @@ def teacher_targets(groups: Sequence, x: np.ndarray, *, mesh: Mesh | None = None
     processes' shards when there are several).
   """
   mesh = _data_mesh() if mesh is None else mesh
-  if data_axis not in mesh.shape:
-    raise ValueError(f"teacher_targets: mesh has no axis {data_axis!r}; its axes: "
-                     f"{list(mesh.shape)}")
+  run, variables, sharded = targets_program(groups, mesh=mesh, data_axis=data_axis, space=space,
+                                            weights=weights, temperature=temperature,
+                                            strategy=strategy)
   devices = mesh.shape[data_axis]
-  apply = make_teacher_apply(groups, space=space, weights=weights, temperature=temperature,
-                             strategy=strategy)
-  replicated = NamedSharding(mesh, P())
-  sharded = NamedSharding(mesh, P(data_axis))
-  variables = jax.device_put(teacher_variables(groups), replicated)
-  run = jax.jit(lambda v, xb: apply(v, xb)[0], in_shardings=(replicated, sharded),
-                out_shardings=sharded)
   n = len(x)
   batch = min(max(batch_size // devices, 1), -(-n // devices)) * devices
   outputs = []
@@ -172,7 +183,7 @@ def _read(path: pathlib.Path, num_inputs: int) -> np.ndarray | None:
 def cached_teacher_targets(groups: Sequence, x: np.ndarray, *, cache_dir: str | pathlib.Path,
                            data: dict, space: str = "prob", weights=None,
                            temperature: float = 1.0, mesh: Mesh | None = None,
-                           batch_size: int = 4096,
+                           data_axis: str = "data", batch_size: int = 4096,
                            strategy: str = "auto") -> tuple[np.ndarray, dict]:
   """:func:`teacher_targets`, read from ``cache_dir`` when an earlier run stored them under
   the same :func:`cache_key`, else computed and stored (atomically; by process 0 only).
@@ -207,7 +218,8 @@ def cached_teacher_targets(groups: Sequence, x: np.ndarray, *, cache_dir: str | 
                               f"a filesystem every host shares (${CACHE_ENV})")
     reused = agreed
   if not reused:
-    targets = teacher_targets(groups, x, mesh=mesh, space=space, weights=weights,
+    targets = teacher_targets(groups, x, mesh=mesh, data_axis=data_axis, space=space,
+                              weights=weights,
                               temperature=temperature, batch_size=batch_size, strategy=strategy)
     if jax.process_index() == 0:
       folder.mkdir(parents=True, exist_ok=True)
