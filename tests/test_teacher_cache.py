@@ -42,6 +42,9 @@ def test_data_parallel_targets_equal_the_member_axis_function(groups):
                                        temperature=4.0, batch_size=16)
   assert got.shape == (37, 10) and got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  split = tc.teacher_targets(groups, X, space="prob", weights=weights, temperature=4.0,
+                             batch_size=16, member_axis="data")  # members split over devices
+  np.testing.assert_allclose(split, want, rtol=1e-5, atol=1e-5)
   single = [groups[1]]
   np.testing.assert_allclose(tc.teacher_targets(single, X, space="logit"),
                              member_axis_teacher_log_probs(single, X, space="logit"), rtol=1e-5,

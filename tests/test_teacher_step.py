@@ -193,3 +193,26 @@ def test_fitted_weights_from_a_fuse_report(tmp_path):
     read_fitted_weights(f"{report}:deep", workdirs, space="prob")
   with pytest.raises(FileNotFoundError, match="is not a file"):
     read_fitted_weights(str(tmp_path / "none.json"), workdirs, space="prob")
+
+
+@pytest.mark.parametrize("shape,member_axis", [((8,), "data"), ((2, 4), "member")])
+def test_members_sharded_over_devices_equal_replicated_members(pool, shape, member_axis):
+  """Members split over a mesh axis (5 members in groups of 3 and 2, padded with weight-0
+  copies) give the targets of the replicated-member path, in every space."""
+  from kdjax.training._teacher_sharded import (make_sharded_teacher_apply,
+                                               sharded_teacher_variables)
+  groups, loop_logits = pool
+  names = ("data",) if len(shape) == 1 else ("data", "member")
+  mesh = Mesh(np.asarray(jax.devices()).reshape(shape), names)
+  variables = sharded_teacher_variables(groups, mesh, member_axis)
+  assert variables["params"][0]["dense_0"]["kernel"].shape[0] == 3 + (-3) % shape[-1]
+  x = np.random.default_rng(4).normal(size=(32, 40)).astype(np.float32)
+  z = loop_logits(x)
+  for space, weights, tau in (("prob", (0.1, 0.3, 0.2, 0.25, 0.15), 4.0), ("logit", None, 2.0),
+                              ("log_prob", (0.5, 0.0, 0.2, 0.2, 0.1), 1.0)):
+    apply = make_sharded_teacher_apply(groups, mesh=mesh, member_axis=member_axis,
+                                       space=space, weights=weights, temperature=tau)
+    got = jax.jit(lambda v, xb: apply(v, xb)[0])(
+        variables, jax.device_put(x, NamedSharding(mesh, P("data"))))
+    np.testing.assert_allclose(np.asarray(got), _reference(z, space, weights, tau),
+                               rtol=2e-5, atol=2e-5)

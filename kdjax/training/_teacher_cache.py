@@ -33,6 +33,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from kdjax.training._teacher_sharded import make_sharded_teacher_apply, sharded_teacher_variables
 from kdjax.training._teacher_step import make_teacher_apply, teacher_variables
 
 CACHE_ENV = "KDJAX_CACHE_DIR"
@@ -43,27 +44,33 @@ def _data_mesh() -> Mesh:
 
 
 def targets_program(groups: Sequence, *, mesh: Mesh, data_axis: str = "data", space: str = "prob",
-                    weights=None, temperature: float = 1.0, strategy: str = "auto"):
+                    weights=None, temperature: float = 1.0, strategy: str = "auto",
+                    member_axis: str = ""):
   """``(run, variables, sharding)``: the jitted ``run(variables, x [B, ...]) -> [B, C]`` with
   ``x`` and the result sharded over ``data_axis`` (``sharding``) and ``variables`` (the
-  teachers', placed) replicated."""
+  teachers', placed) replicated, or split over ``member_axis`` when given
+  (:mod:`kdjax.training._teacher_sharded`)."""
   if data_axis not in mesh.shape:
     raise ValueError(f"teacher_targets: mesh has no axis {data_axis!r}; its axes: "
                      f"{list(mesh.shape)}")
-  apply = make_teacher_apply(groups, space=space, weights=weights, temperature=temperature,
-                             strategy=strategy)
-  replicated = NamedSharding(mesh, P())
+  fusion_args = {"space": space, "weights": weights, "temperature": temperature,
+                 "strategy": strategy}
+  if member_axis:
+    apply = make_sharded_teacher_apply(groups, mesh=mesh, member_axis=member_axis,
+                                       data_axis=data_axis, **fusion_args)
+    variables = sharded_teacher_variables(groups, mesh, member_axis)
+  else:
+    apply = make_teacher_apply(groups, **fusion_args)
+    variables = jax.device_put(teacher_variables(groups), NamedSharding(mesh, P()))
   sharded = NamedSharding(mesh, P(data_axis))
-  variables = jax.device_put(teacher_variables(groups), replicated)
-  run = jax.jit(lambda v, xb: apply(v, xb)[0], in_shardings=(replicated, sharded),
-                out_shardings=sharded)
+  run = jax.jit(lambda v, xb: apply(v, xb)[0], out_shardings=sharded)  # inputs come placed
   return run, variables, sharded
 
 
 def teacher_targets(groups: Sequence, x: np.ndarray, *, mesh: Mesh | None = None,
                     data_axis: str = "data", space: str = "prob", weights=None,
                     temperature: float = 1.0, batch_size: int = 4096,
-                    strategy: str = "auto") -> np.ndarray:
+                    strategy: str = "auto", member_axis: str = "") -> np.ndarray:
   r"""Teacher targets for all of ``x``, data-parallel: the logits of a single teacher, or
   the ensemble's :math:`\tau \log \mathrm{fuse}_m(\mathrm{softmax}(z_m/\tau))`
   (:func:`~kdjax.training._teacher_step.fuse_member_logits`).
@@ -77,6 +84,8 @@ def teacher_targets(groups: Sequence, x: np.ndarray, *, mesh: Mesh | None = None
     x: ``[N, ...]`` inputs, the same global array on every process.
     mesh: a mesh with axis ``data_axis`` (default: every device on one ``"data"`` axis).
     space, weights, temperature, strategy: as :func:`make_teacher_apply`.
+    member_axis: a mesh axis to split the members over (``""``: each device runs every
+      member on its slice of the batch).
     batch_size: global inputs per call.
 
   Returns:
@@ -86,7 +95,7 @@ def teacher_targets(groups: Sequence, x: np.ndarray, *, mesh: Mesh | None = None
   mesh = _data_mesh() if mesh is None else mesh
   run, variables, sharded = targets_program(groups, mesh=mesh, data_axis=data_axis, space=space,
                                             weights=weights, temperature=temperature,
-                                            strategy=strategy)
+                                            strategy=strategy, member_axis=member_axis)
   devices = mesh.shape[data_axis]
   n = len(x)
   batch = min(max(batch_size // devices, 1), -(-n // devices)) * devices
@@ -184,7 +193,7 @@ def cached_teacher_targets(groups: Sequence, x: np.ndarray, *, cache_dir: str | 
                            data: dict, space: str = "prob", weights=None,
                            temperature: float = 1.0, mesh: Mesh | None = None,
                            data_axis: str = "data", batch_size: int = 4096,
-                           strategy: str = "auto") -> tuple[np.ndarray, dict]:
+                           strategy: str = "auto", member_axis: str = "") -> tuple[np.ndarray, dict]:
   """:func:`teacher_targets`, read from ``cache_dir`` when an earlier run stored them under
   the same :func:`cache_key`, else computed and stored (atomically; by process 0 only).
 
@@ -220,7 +229,8 @@ def cached_teacher_targets(groups: Sequence, x: np.ndarray, *, cache_dir: str | 
   if not reused:
     targets = teacher_targets(groups, x, mesh=mesh, data_axis=data_axis, space=space,
                               weights=weights,
-                              temperature=temperature, batch_size=batch_size, strategy=strategy)
+                              temperature=temperature, batch_size=batch_size, strategy=strategy,
+                              member_axis=member_axis)
     if jax.process_index() == 0:
       folder.mkdir(parents=True, exist_ok=True)
       _atomic_write(path, lambda f: np.save(f, targets, allow_pickle=False))

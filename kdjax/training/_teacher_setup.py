@@ -17,6 +17,7 @@ from kdjax import metrics
 from kdjax.training._step import TeacherApply
 from kdjax.training._teacher_cache import (cached_teacher_targets, default_cache_dir,
                                            teacher_targets)
+from kdjax.training._teacher_sharded import make_sharded_teacher_apply, sharded_teacher_variables
 from kdjax.training._teacher_step import make_teacher_apply, read_fitted_weights, teacher_variables
 
 
@@ -66,11 +67,18 @@ def prepare_teachers(config, groups, *, objective, train_x: np.ndarray, workdir,
   weights = fusion_weights(t, groups)
   common = {"space": t.fusion, "weights": weights, "temperature": t.fusion_temperature,
             "strategy": t.get("member_strategy", "auto")}
+  member_axis = t.get("member_axis", "")
   if not t.cache or objective.teacher_features or objective.needs_params:
     apply = make_teacher_apply(groups, features=objective.teacher_features,
                                needs_params=objective.needs_params, **common)
+    if member_axis and sum(g.size for g in groups) > 1:
+      apply = make_sharded_teacher_apply(groups, mesh=mesh, member_axis=member_axis,
+                                         data_axis=data_axis, **common)
+      return TeacherSetup(apply=apply,
+                          variables=sharded_teacher_variables(groups, mesh, member_axis))
     variables = jax.device_put(teacher_variables(groups), NamedSharding(mesh, P()))
     return TeacherSetup(apply=apply, variables=variables)
+  common["member_axis"] = member_axis
   if not t.get("disk_cache", True):
     return TeacherSetup(targets=teacher_targets(groups, train_x, mesh=mesh, data_axis=data_axis,
                                                 **common))
@@ -86,7 +94,8 @@ def teacher_test_scores(config, groups, split: dict, *, mesh: Mesh, data_axis: s
   targets = teacher_targets(groups, split["x"], mesh=mesh, data_axis=data_axis,
                             space=config.teacher.fusion,
                             weights=fusion_weights(config.teacher, groups),
-                            strategy=config.teacher.get("member_strategy", "auto"))
+                            strategy=config.teacher.get("member_strategy", "auto"),
+                            member_axis=config.teacher.get("member_axis", ""))
   return {"accuracy": float(metrics.accuracy(targets, split["y"])),
           "nll": float(metrics.nll(targets, split["y"])),
           "members": sum(g.size for g in groups)}
