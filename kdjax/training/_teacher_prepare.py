@@ -1,7 +1,7 @@
 """From ``config.teacher`` to what the train loop needs: an online teacher (run inside the
 step) or cached targets (computed data-parallel, stored on disk and reused).
 
-The loop calls :func:`prepare_teachers` once; see :mod:`kdjax.training._teacher_step`
+The loop (``_teacher_setup.setup_teachers``) calls :func:`prepare_teachers` once; see :mod:`kdjax.training._teacher_step`
 (the fused teacher function) and :mod:`kdjax.training._teacher_cache` (the cache).
 """
 
