@@ -15,7 +15,7 @@ from kdjax import ensemble
 from kdjax.models import get_model
 from kdjax.training import TeacherGroup
 from kdjax.training import _teacher_cache as tc
-from kdjax.training._teacher import teacher_log_probs as member_axis_teacher_log_probs
+from kdjax.training._teacher import eval_apply_fn
 
 
 def _group(model, seeds, indices):
@@ -29,6 +29,29 @@ def groups():
   """Three members, two architectures, interleaved in the user's order."""
   return [_group(get_model("mlp", num_classes=10, hidden=(32,)), (0, 2), (0, 2)),
           _group(get_model("mlp", num_classes=10, hidden=(16, 16)), (1,), (1,))]
+
+
+def member_axis_teacher_log_probs(groups, x, *, space="prob", weights=None, temperature=1.0,
+                                  batch_size=4096):
+  """The implementation kdjax shipped before (kept here as the reference): the member axis
+  sharded over a member mesh, padded to the device count, every device on the full batch."""
+  from kdjax import fusion
+  member_mesh = ensemble.make_member_mesh()
+  order = np.argsort(np.concatenate([g.indices for g in groups]))
+  outputs = []
+  for start in range(0, len(x), batch_size):
+    xb = jnp.asarray(x[start:start + batch_size])
+    member_logits = jnp.concatenate([
+        ensemble.sharded_apply(eval_apply_fn(g.model), g.variables, xb, mesh=member_mesh)
+        for g in groups])[order] / temperature
+    if member_logits.shape[0] == 1:
+      fused = member_logits[0]
+    elif weights:
+      fused = fusion.weighted(member_logits, jnp.asarray(weights), space=space)
+    else:
+      fused = fusion.average(member_logits, space=space)
+    outputs.append(np.asarray(fused) * temperature)
+  return np.concatenate(outputs)
 
 
 X = np.random.default_rng(0).normal(size=(37, 40)).astype(np.float32)  # 37: not a multiple of 8

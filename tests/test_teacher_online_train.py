@@ -13,7 +13,6 @@ def _losses(workdir):
   return [json.loads(line)["train/loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
 def test_online_ensemble_equals_cached_targets_and_the_disk_cache_is_reused(teacher_dir, tmp_path,
                                                                              monkeypatch):
   monkeypatch.delenv("KDJAX_CACHE_DIR", raising=False)

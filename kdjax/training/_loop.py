@@ -24,10 +24,9 @@ from kdjax.training import _guards, _nonfinite
 from kdjax.training._optim import make_optimizer
 from kdjax.training._preemption import Preempted, PreemptionGuard
 from kdjax.training._state import TrainState
-from kdjax.training._step import (frozen_teacher_apply, make_predict, make_train_chunk,
-                                  predict_in_batches)
-from kdjax.training._teacher import (load_teacher_groups, model_from_config,
-                                     single_teacher, teacher_log_probs)
+from kdjax.training._step import make_predict, make_train_chunk, predict_in_batches
+from kdjax.training._teacher import load_teacher_groups, model_from_config, single_teacher
+from kdjax.training._teacher_prepare import prepare_teachers, teacher_test_scores
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -126,23 +125,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Teachers: frozen inputs to the step (eval mode), never part of the state.
   teacher_apply, teacher_params, teacher_cache, teacher_test = None, None, None, None
+  teacher_cache_info = None
   if objective.needs_teacher:
     groups = load_teacher_groups(config.teacher, num_classes=num_classes, sample_x=sample_x)
     _guards.check_teachers_take(groups, train_x[:1])
-    test_targets = teacher_log_probs(groups, splits["test"]["x"], space=config.teacher.fusion,
-                                     weights=config.teacher.weights)  # what the ensemble predicts
-    teacher_test = {"accuracy": float(metrics.accuracy(test_targets, splits["test"]["y"])),
-                    "nll": float(metrics.nll(test_targets, splits["test"]["y"])),
-                    "members": sum(g.size for g in groups)}
-    online = (not config.teacher.cache or objective.teacher_features or objective.needs_params)
-    if online:
-      t_model, t_variables = single_teacher(groups)
-      teacher_apply = frozen_teacher_apply(t_model, objective.teacher_features)
-      teacher_params = jax.device_put(t_variables, replicated)  # all variables, e.g. batch_stats
-    else:
-      teacher_cache = teacher_log_probs(groups, train_x, space=config.teacher.fusion,
-                                        weights=config.teacher.weights,
-                                        temperature=config.teacher.fusion_temperature)
+    teacher_test = teacher_test_scores(config, groups, splits["test"], mesh=mesh)
+    prepared = prepare_teachers(config, groups, objective=objective, train_x=train_x,
+                                workdir=workdir, mesh=mesh)  # online, or cached on disk
+    teacher_apply, teacher_params = prepared.apply, prepared.variables
+    teacher_cache, teacher_cache_info = prepared.targets, prepared.cache
 
   run_info = {"model": config.model.to_dict(), "num_classes": num_classes,
               "data": config.data.name}
@@ -254,6 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "params": count_params(state.params["student"]),
       "model": config.model.name,
       "teacher_test": teacher_test,
+      "teacher_cache": teacher_cache_info,
       "copied_from_teacher": list(copied),
       "devices": mesh.size,
       "backend": jax.default_backend(),

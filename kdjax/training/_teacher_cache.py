@@ -113,6 +113,9 @@ def teacher_targets(groups: Sequence, x: np.ndarray, *, mesh: Mesh | None = None
   return np.concatenate(outputs)
 
 
+teacher_log_probs = teacher_targets  # the name kdjax.training exported first
+
+
 # ----------------------------------------------------------------------------- disk cache
 
 
