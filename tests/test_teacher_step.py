@@ -101,9 +101,13 @@ def test_in_step_targets_equal_loop_over_members(pool, space, weights, tau, stra
   np.testing.assert_allclose(np.asarray(got), tau * np.asarray(lib), rtol=2e-5, atol=2e-5)
 
 
-def test_train_steps_with_online_ensemble_equal_steps_on_loop_targets(pool):
-  """Three KD steps, the ensemble run and fused inside the step on 8 devices, equal the
-  same steps fed the loop-over-members targets as cached ``teacher_logits``."""
+@pytest.mark.parametrize("member_axis", ["", "data"])
+def test_train_steps_with_online_ensemble_equal_steps_on_loop_targets(pool, member_axis):
+  """Three KD steps, the ensemble run and fused inside the step on 8 devices (members
+  replicated, or split over the devices), equal the same steps fed the loop-over-members
+  targets as cached ``teacher_logits``."""
+  from kdjax.training._teacher_sharded import (make_sharded_teacher_apply,
+                                               sharded_teacher_variables)
   groups, loop_logits = pool
   weights, tau = (0.1, 0.3, 0.2, 0.25, 0.15), 4.0
   student = get_model("mlp", num_classes=10, hidden=(16,))
@@ -120,12 +124,16 @@ def test_train_steps_with_online_ensemble_equal_steps_on_loop_targets(pool):
   x = np.random.default_rng(2).normal(size=(3, 32, 40)).astype(np.float32)
   mesh = _mesh()
   rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "data"))
-  online = make_train_chunk(model=student, objective=objective, tx=tx,
-                            teacher_apply=make_teacher_apply(groups, space="prob",
-                                                             weights=weights, temperature=tau))
+  fusion_args = {"space": "prob", "weights": weights, "temperature": tau}
+  if member_axis:
+    apply = make_sharded_teacher_apply(groups, mesh=mesh, member_axis=member_axis, **fusion_args)
+    variables = sharded_teacher_variables(groups, mesh, member_axis)
+  else:
+    apply = make_teacher_apply(groups, **fusion_args)
+    variables = jax.device_put(teacher_variables(groups), rep)
+  online = make_train_chunk(model=student, objective=objective, tx=tx, teacher_apply=apply)
   state_online, m_online = online(jax.device_put(fresh_state(), rep),
-                                  {"x": jax.device_put(x, dat)},
-                                  jax.device_put(teacher_variables(groups), rep))
+                                  {"x": jax.device_put(x, dat)}, variables)
   targets = np.stack([_reference(loop_logits(xb), "prob", weights, tau) for xb in x])
   cached = make_train_chunk(model=student, objective=objective, tx=tx)
   state_cached, m_cached = cached(fresh_state(), {"x": jnp.asarray(x),
