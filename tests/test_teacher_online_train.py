@@ -26,7 +26,10 @@ def test_online_ensemble_equals_cached_targets_and_the_disk_cache_is_reused(teac
   assert again["teacher_cache"]["reused"] is True
   assert again["teacher_cache"]["path"] == first["teacher_cache"]["path"]
   assert again["test"] == first["test"] and _losses(tmp_path / "runs/b") == _losses(tmp_path / "runs/a")
-  online = load_config("mnist1d/kd_ensemble_to_mlp.py", "smoke", {**teachers, "teacher.cache": False})
+  resumed = train_and_evaluate(cached, str(tmp_path / "runs" / "a"))  # a resume reads it too
+  assert resumed["resumed_from"] == 20 and resumed["teacher_cache"]["reused"] is True
+  online = load_config("mnist1d/kd_ensemble_to_mlp.py", "smoke", {**teachers, "teacher.cache": False,
+                                                                  "teacher.member_axis": "data"})
   summary = train_and_evaluate(online, str(tmp_path / "runs" / "online"))
   assert summary["teacher_cache"] is None
   np.testing.assert_allclose(_losses(tmp_path / "runs/online"), _losses(tmp_path / "runs/a"),

@@ -26,7 +26,12 @@ masks padded rows, and averages its ``[B]`` values over the valid rows. Set
 ``batch_level=True`` for a function that returns one scalar for the batch and takes
 ``where=`` (``[B]`` valid rows) itself. A term that takes ``"labels"`` needs them unless
 its ``needs_labels(kwargs)`` says otherwise (then it gets ``None``); rows whose label is
-outside ``[0, C)`` are left out of its average (see :func:`kdjax.losses.label_mask`). A term
+outside ``[0, C)`` are left out of its average (see :func:`kdjax.losses.label_mask`).
+Soft targets (``LossInputs.label_probs``, ``[B, C]``, e.g. mixup's) reach the terms that
+also take ``"label_probs"`` (``cross_entropy``, ``hinton_kd``): they replace the one-hot
+labels; with ``labels`` too, rows with an ignored label still give 0, and with
+``labels=None`` every (non-padding) row is used. A term that needs hard labels (``dkd``)
+raises a ``ValueError`` naming it when only ``label_probs`` is given. A term
 that takes ``"student_feature"``/``"teacher_feature"`` gets the keywords
 ``student_feature`` (required) and ``teacher_feature`` (default: the same name) to pick
 them; ``projector=True`` adds the ``projector``/``norm`` keywords of a learned
@@ -66,6 +71,10 @@ class LossInputs:
   Attributes:
     student_logits: ``[B, C]`` student logits.
     labels: ``[B]`` integer labels, or ``None``.
+    label_probs: ``[B, C]`` soft targets (rows summing to 1, e.g. mixup's), or ``None``.
+      Terms that take them (``cross_entropy``, ``hinton_kd``'s hard part) use them
+      instead of one-hot ``labels``; a row is then used when its label is valid, or
+      always when ``labels`` is ``None``. Terms that need hard labels (``dkd``) raise.
     teacher_logits: ``[B, C]`` teacher logits or (fused) log-probabilities; every
       logit term is shift-invariant per example, so either works.
     student_features: name -> ``[B, ...]`` array (``kdjax.models.apply_with_features``).
@@ -77,6 +86,7 @@ class LossInputs:
 
   student_logits: jax.Array
   labels: jax.Array | None = None
+  label_probs: jax.Array | None = None
   teacher_logits: jax.Array | None = None
   student_features: dict = flax.struct.field(default_factory=dict)
   teacher_features: dict = flax.struct.field(default_factory=dict)
@@ -125,15 +135,17 @@ class TermSpec:
 
 
 REQUIRED = object()
-INPUTS = ("student_logits", "teacher_logits", "labels", "student_feature", "teacher_feature",
-          "student_params", "teacher_params")
+INPUTS = ("student_logits", "teacher_logits", "labels", "label_probs", "student_feature",
+          "teacher_feature", "student_params", "teacher_params")
 _LOGITS = ("student_logits", "teacher_logits")
 _FEATURES = ("student_feature", "teacher_feature")
 _PARAMS = ("student_params", "teacher_params")
 
 # A literal registry: name -> spec. No import-time registration.
 TERMS: dict[str, TermSpec] = {
-    "cross_entropy": TermSpec(_kd.cross_entropy, ("student_logits", "labels")),
+    "cross_entropy": TermSpec(_kd.cross_entropy_term,
+                              ("student_logits", "labels", "label_probs"),
+                              {"label_smoothing": 0.0}),
     "soft_target_kl": TermSpec(_kd.soft_target_kl, _LOGITS, {"temperature": 1.0}),
     "forward_kl": TermSpec(_divergences.forward_kl, _LOGITS, {"temperature": 1.0}),
     "reverse_kl": TermSpec(_divergences.reverse_kl, _LOGITS, {"temperature": 1.0}),
@@ -143,8 +155,8 @@ TERMS: dict[str, TermSpec] = {
     "skew_reverse_kl": TermSpec(_divergences.skew_reverse_kl, _LOGITS,
                                 {"alpha": 0.1, "temperature": 1.0}),
     "total_variation": TermSpec(_divergences.total_variation, _LOGITS, {"temperature": 1.0}),
-    "hinton_kd": TermSpec(_kd.hinton_kd, (*_LOGITS, "labels"),
-                          {"temperature": REQUIRED, "alpha": REQUIRED},
+    "hinton_kd": TermSpec(_kd.hinton_kd, (*_LOGITS, "labels", "label_probs"),
+                          {"temperature": REQUIRED, "alpha": REQUIRED, "label_smoothing": 0.0},
                           needs_labels=lambda kw: kw["alpha"] != 1),
     "dkd": TermSpec(_kd.dkd, (*_LOGITS, "labels"),
                     {"alpha": 1.0, "beta": 8.0, "temperature": 4.0}),
@@ -304,6 +316,11 @@ class Objective:
     return any(t.needs_labels() for t in self.terms)
 
   @property
+  def accepts_label_probs(self) -> bool:
+    """Every term that needs labels can use ``LossInputs.label_probs`` instead (mixup)."""
+    return all("label_probs" in t.spec.inputs for t in self.terms if t.needs_labels())
+
+  @property
   def needs_params(self) -> bool:
     return bool(self._takes("student_params"))
 
@@ -341,7 +358,16 @@ class Objective:
              inputs: LossInputs) -> Any:
     """The value of input ``name`` (one of :data:`INPUTS`) for ``term``."""
     if name == "labels":
-      return self._require(term, inputs, "labels") if term.needs_labels() else None
+      if not term.needs_labels():
+        return None
+      if inputs.labels is None and inputs.label_probs is not None:
+        if "label_probs" in term.spec.inputs:
+          return None  # soft targets instead; every (non-padding) row is used
+        raise ValueError(f"objective term {term.label!r} ({term.name}) needs hard "
+                         "inputs.labels; it cannot use inputs.label_probs (soft targets)")
+      return self._require(term, inputs, "labels")
+    if name == "label_probs":
+      return inputs.label_probs if term.needs_labels() else None
     if name in _FEATURES:
       side = name.split("_")[0]
       value = _feature(inputs, side, term.kwargs[name], term.label)
@@ -376,7 +402,8 @@ class Objective:
       row_wise = lambda x: x if x is None else _checks.select(rows, jnp.asarray(x))  # noqa: E731
       inputs = inputs.replace(
           student_logits=row_wise(inputs.student_logits),
-          labels=row_wise(inputs.labels), teacher_logits=row_wise(inputs.teacher_logits),
+          labels=row_wise(inputs.labels), label_probs=row_wise(inputs.label_probs),
+          teacher_logits=row_wise(inputs.teacher_logits),
           student_features=jax.tree.map(row_wise, inputs.student_features),
           teacher_features=jax.tree.map(row_wise, inputs.teacher_features))
     metrics = {}
