@@ -90,7 +90,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Teachers: frozen inputs to the step (eval mode), never part of the state.
   teachers = setup_teachers(config, objective, num_classes=num_classes, sample_x=sample_x,
-                            train_x=train_x, test_split=splits["test"], sharding=replicated)
+                            train_x=train_x, test_split=splits["test"], sharding=replicated,
+                            workdir=workdir)
 
   run_info = {"model": config.model.to_dict(), "num_classes": num_classes,
               "data": config.data.name}
@@ -164,6 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "params": count_params(state.params["student"]),
       "model": config.model.name,
       "teacher_test": teachers.test,
+      "teacher_cache": teachers.cache_info,
       "copied_from_teacher": list(copied),
       "devices": mesh.size,
       "backend": jax.default_backend(),
