@@ -58,6 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
   # architecture {"name": registry name, **fields}; see kdjax.training._teacher_files.
   c.teacher.params_file = ""
   c.teacher.model = ml_collections.ConfigDict({"name": ""})
+  c.teacher.dtype = ""         # teacher compute dtype ("": config.dtype); params stay as loaded
 
   # Structure distillation: copy teacher layers into the student before training.
   c.init = ml_collections.ConfigDict()
@@ -89,6 +90,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.eval_batch_size = 1000
   c.num_devices = 0           # 0: every device
+  # Device mesh and parameter sharding (kdjax.training._sharding): batches split over
+  # "data"; params by rules [(path regex, spec)], spec a tuple of mesh axes / None,
+  # "fsdp" (largest divisible dim over "model"), "fsdp:data,model" or "replicated".
+  c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: the rest of the devices
+  c.sharding = ml_collections.ConfigDict({"student": (), "teacher": ()})
+  c.dtype = "float32"         # compute dtype: float32 | bfloat16 | float16 (params stay float32)
   c.progress_bar = True
   c.on_nonfinite = "stop"     # NaN/inf loss or gradient: "stop" (error) or "skip" the update
   return c

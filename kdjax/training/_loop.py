@@ -7,6 +7,7 @@ concern lives in its own module: training batches (:mod:`._inputs`), teachers
 (:mod:`._evaluate`), ``metrics.jsonl`` (:mod:`._metrics_log`).
 """
 
+import functools
 import json
 import pathlib
 import time
@@ -15,13 +16,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kdjax import data as kd_data
 from kdjax import losses
 from kdjax.models import count_params
 from kdjax.training import _checkpoint as ckpt
-from kdjax.training import _guards, _nonfinite
+from kdjax.training import _guards, _nonfinite, _precision, _sharding
 from kdjax.training._evaluate import evaluate_arrays
 from kdjax.training._init import init_train_state
 from kdjax.training._inputs import InMemoryBatches, load_training_inputs
@@ -74,24 +74,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_config(config)
   workdir = pathlib.Path(workdir)
   _guards.check_workdir(workdir)
-  mesh = kd_data.make_data_mesh(config.num_devices)
-  if config.batch_size % mesh.size:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by {mesh.size} devices")
-  replicated = NamedSharding(mesh, P())
+  mesh = _sharding.make_mesh(config.mesh, config.num_devices)  # axes "data", "model"
+  if config.batch_size % mesh.shape["data"]:
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by {mesh.shape['data']} devices")
 
   # Data, models and objective.
   splits = kd_data.load_dataset(config.data.name, **config.data.get("kwargs", {}),
                                 val_size=config.data.val_size)
   num_classes = splits["num_classes"]
-  model = model_from_config(config.model.to_dict(), num_classes)
+  model = _precision.with_compute_dtype(model_from_config(config.model.to_dict(), num_classes),
+                                       config.dtype)
   objective = losses.make_objective(config.losses)
   train_x, train_y = load_training_inputs(config, splits, objective)
   sample_x = jnp.asarray(train_x[:config.batch_size])
 
   # Teachers: frozen inputs to the step (eval mode), never part of the state.
   teachers = setup_teachers(config, objective, num_classes=num_classes, sample_x=sample_x,
-                            train_x=train_x, test_split=splits["test"], sharding=replicated,
-                            workdir=workdir)
+                            train_x=train_x, test_split=splits["test"], mesh=mesh,
+                            workdir=workdir,
+                            variable_shardings=functools.partial(  # config.sharding.teacher
+                                _sharding.tree_shardings, rules=config.sharding.teacher,
+                                mesh=mesh, field="config.sharding.teacher"))
 
   run_info = {"model": config.model.to_dict(), "num_classes": num_classes,
               "data": config.data.name}
@@ -109,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sample_y=None if train_y is None else jnp.asarray(train_y[:config.batch_size]),
       sample_teacher_logits=None if teachers.cache is None else jnp.asarray(
           teachers.cache[:config.batch_size]))
-  state = jax.device_put(state, replicated)
+  state, state_shardings = _sharding.place_state(state, tx, config.sharding.student, mesh)
   manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints)
   restored = ckpt.restore_latest(manager, state)
   if restored is not None:
@@ -118,7 +121,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log = MetricsLog(workdir / "metrics.jsonl", start_step)
 
   train_chunk = make_train_chunk(model=model, objective=objective, tx=tx,
-                                 teacher_apply=teachers.apply)
+                                 teacher_apply=teachers.apply, state_shardings=state_shardings)
+  train_chunk = _sharding.KeepCompiled(train_chunk)  # for XLA's memory analysis
   predict = make_predict(model)
   eval_batch = max(config.eval_batch_size // mesh.size, 1) * mesh.size
   inputs = InMemoryBatches(train_x, train_y, teacher_cache=teachers.cache,
@@ -170,6 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "devices": mesh.size,
       "backend": jax.default_backend(),
       "skipped_updates": _nonfinite.skipped_updates(state.opt_state),
+      "mesh": dict(mesh.shape), "dtype": config.dtype, "memory": _sharding.memory_report(
+          state, teachers.variables, train_chunk.compiled),
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary

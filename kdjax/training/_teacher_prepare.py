@@ -55,14 +55,18 @@ def _data_identity(config) -> dict:
   as_dict = lambda c: c.to_dict() if hasattr(c, "to_dict") else dict(c or {})  # noqa: E731
   return {"name": config.data.name, "kwargs": as_dict(config.data.get("kwargs")),
           "val_size": config.data.get("val_size", 0),
-          "transfer": as_dict(config.get("transfer"))}
+          "transfer": as_dict(config.get("transfer")),
+          # the teacher's compute dtype changes its targets (kdjax.training._precision)
+          "teacher_dtype": config.teacher.get("dtype", "") or config.get("dtype", "")}
 
 
 def prepare_teachers(config, groups, *, objective, train_x: np.ndarray, workdir, mesh: Mesh,
-                     data_axis: str = "data") -> TeacherSetup:
+                     data_axis: str = "data", variable_shardings=None) -> TeacherSetup:
   """The online teacher when ``config.teacher.cache`` is off or a loss needs teacher features
   or params, else the cached targets of ``train_x`` (from ``config.teacher.cache_dir`` when
-  an earlier run stored them; see :mod:`kdjax.training._teacher_cache`)."""
+  an earlier run stored them; see :mod:`kdjax.training._teacher_cache`).
+  ``variable_shardings``: a function of the online teacher's variables giving their
+  shardings (the teacher's sharding rules); ``None`` replicates them."""
   t = config.teacher
   weights = fusion_weights(t, groups)
   common = {"space": t.fusion, "weights": weights, "temperature": t.fusion_temperature,
@@ -76,7 +80,9 @@ def prepare_teachers(config, groups, *, objective, train_x: np.ndarray, workdir,
                                          data_axis=data_axis, **common)
       return TeacherSetup(apply=apply,
                           variables=sharded_teacher_variables(groups, mesh, member_axis))
-    variables = jax.device_put(teacher_variables(groups), NamedSharding(mesh, P()))
+    variables = teacher_variables(groups)
+    variables = jax.device_put(variables, NamedSharding(mesh, P()) if variable_shardings is None
+                               else variable_shardings(variables))
     return TeacherSetup(apply=apply, variables=variables)
   common["member_axis"] = member_axis
   if not t.get("disk_cache", True):

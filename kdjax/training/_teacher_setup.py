@@ -17,6 +17,7 @@ import numpy as np
 from kdjax.training import _guards
 from kdjax.training._step import TeacherApply
 from kdjax.training._teacher import TeacherGroup, load_teacher_groups
+from kdjax.training._precision import teacher_groups_in
 from kdjax.training._teacher_prepare import prepare_teachers, teacher_test_scores
 
 
@@ -41,18 +42,21 @@ class Teachers:
 
 
 def setup_teachers(config, objective, *, num_classes: int, sample_x, train_x: np.ndarray,
-                   test_split: dict, sharding, workdir) -> Teachers:
+                   test_split: dict, mesh, workdir, variable_shardings=None) -> Teachers:
   """Loads ``config.teacher`` if ``objective`` needs a teacher, measures it on
   ``test_split`` and makes it online (``apply`` + ``variables`` under ``sharding``)
-  or caches its targets on ``train_x``."""
+  or caches its targets on ``train_x``. ``variable_shardings`` is a function of the online
+  teacher's variables giving their shardings (the teacher's sharding rules). The teacher
+  computes in ``config.teacher.dtype`` (``""``: ``config.dtype``)."""
   if not objective.needs_teacher:
     return Teachers()
   groups = load_teacher_groups(config.teacher, num_classes=num_classes, sample_x=sample_x)
+  groups = teacher_groups_in(groups, config.teacher.dtype or config.dtype)
   _guards.check_teachers_take(groups, train_x[:1])
-  test = teacher_test_scores(config, groups, test_split, mesh=sharding.mesh)
+  test = teacher_test_scores(config, groups, test_split, mesh=mesh)
   # Online (one teacher or a fused ensemble in the step) or cached targets (disk, reused):
   # kdjax.training._teacher_prepare.
   ready = prepare_teachers(config, groups, objective=objective, train_x=train_x,
-                           workdir=workdir, mesh=sharding.mesh)
+                           workdir=workdir, mesh=mesh, variable_shardings=variable_shardings)
   return Teachers(groups=groups, test=test, apply=ready.apply, variables=ready.variables,
                   cache=ready.targets, cache_info=ready.cache)
