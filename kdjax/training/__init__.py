@@ -26,4 +26,9 @@ from kdjax.training._teacher import TeacherGroup as TeacherGroup
 from kdjax.training._teacher import load_teacher_groups as load_teacher_groups
 from kdjax.training._teacher import load_run as load_run
 from kdjax.training._teacher import load_teachers as load_teachers
-from kdjax.training._teacher import teacher_log_probs as teacher_log_probs
+from kdjax.training._teacher_cache import cached_teacher_targets as cached_teacher_targets
+from kdjax.training._teacher_cache import teacher_log_probs as teacher_log_probs
+from kdjax.training._teacher_cache import teacher_targets as teacher_targets
+from kdjax.training._teacher_step import fuse_member_logits as fuse_member_logits
+from kdjax.training._teacher_step import make_teacher_apply as make_teacher_apply
+from kdjax.training._teacher_step import teacher_variables as teacher_variables

@@ -46,6 +46,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.weights = ()       # fixed fusion weights (empty: uniform)
   c.teacher.fusion_temperature = 1.0  # fuse members' softmax(z / T); set T = the KD temperature
   c.teacher.cache = True       # compute teacher targets once (inputs are not augmented)
+  # False: the teachers (one, or an ensemble) run inside the train step on every batch.
+  c.teacher.fitted_weights = ""  # instead of weights: "REPORT.json[:nll|random]" of kdjax fuse
+  c.teacher.member_strategy = "auto"  # members of a group per device: auto | vmap | map | loop
+  c.teacher.member_axis = ""   # "": every device runs all members on its batch slice;
+  # a mesh axis ("data"): each device holds and runs only its share of the members
+  c.teacher.disk_cache = True  # cached targets stored on disk and reused by later runs
+  c.teacher.cache_dir = ""     # "": $KDJAX_CACHE_DIR, else <workdir's parent>/.kdjax_cache
   # A teacher from a file kdjax did not write (instead of workdir): an orbax checkpoint
   # directory, a flax msgpack file (*.msgpack) or a PyTorch state_dict (*.pth), and its
   # architecture {"name": registry name, **fields}; see kdjax.training._teacher_files.

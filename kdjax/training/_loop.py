@@ -90,8 +90,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Teachers: frozen inputs to the step (eval mode), never part of the state.
   teachers = setup_teachers(config, objective, num_classes=num_classes, sample_x=sample_x,
-                            train_x=train_x, test_split=splits["test"],
-                            sharding=functools.partial(  # placed by config.sharding.teacher
+                            train_x=train_x, test_split=splits["test"], mesh=mesh,
+                            workdir=workdir,
+                            variable_shardings=functools.partial(  # config.sharding.teacher
                                 _sharding.tree_shardings, rules=config.sharding.teacher,
                                 mesh=mesh, field="config.sharding.teacher"))
 
@@ -168,6 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "params": count_params(state.params["student"]),
       "model": config.model.name,
       "teacher_test": teachers.test,
+      "teacher_cache": teachers.cache_info,
       "copied_from_teacher": list(copied),
       "devices": mesh.size,
       "backend": jax.default_backend(),

@@ -12,15 +12,13 @@ reach the step one of two ways:
 import dataclasses
 from typing import Any
 
-import jax
 import numpy as np
 
-from kdjax import metrics
 from kdjax.training import _guards
+from kdjax.training._step import TeacherApply
+from kdjax.training._teacher import TeacherGroup, load_teacher_groups
 from kdjax.training._precision import teacher_groups_in
-from kdjax.training._step import TeacherApply, frozen_teacher_apply
-from kdjax.training._teacher import (TeacherGroup, load_teacher_groups, single_teacher,
-                                     teacher_log_probs)
+from kdjax.training._teacher_prepare import prepare_teachers, teacher_test_scores
 
 
 @dataclasses.dataclass
@@ -40,33 +38,25 @@ class Teachers:
   variables: Any = None
   cache: np.ndarray | None = None
   test: dict[str, Any] | None = None
+  cache_info: dict[str, Any] | None = None  # disk cache {"path", "reused", "seconds"}
 
 
 def setup_teachers(config, objective, *, num_classes: int, sample_x, train_x: np.ndarray,
-                   test_split: dict, sharding) -> Teachers:
+                   test_split: dict, mesh, workdir, variable_shardings=None) -> Teachers:
   """Loads ``config.teacher`` if ``objective`` needs a teacher, measures it on
   ``test_split`` and makes it online (``apply`` + ``variables`` under ``sharding``)
-  or caches its targets on ``train_x``. ``sharding`` is a ``Sharding``, or a function of
-  the variables giving their shardings (the teacher's sharding rules). The teacher
+  or caches its targets on ``train_x``. ``variable_shardings`` is a function of the online
+  teacher's variables giving their shardings (the teacher's sharding rules). The teacher
   computes in ``config.teacher.dtype`` (``""``: ``config.dtype``)."""
   if not objective.needs_teacher:
     return Teachers()
   groups = load_teacher_groups(config.teacher, num_classes=num_classes, sample_x=sample_x)
   groups = teacher_groups_in(groups, config.teacher.dtype or config.dtype)
   _guards.check_teachers_take(groups, train_x[:1])
-  test_targets = teacher_log_probs(groups, test_split["x"], space=config.teacher.fusion,
-                                   weights=config.teacher.weights)  # what the ensemble predicts
-  test = {"accuracy": float(metrics.accuracy(test_targets, test_split["y"])),
-          "nll": float(metrics.nll(test_targets, test_split["y"])),
-          "members": sum(g.size for g in groups)}
-  online = (not config.teacher.cache or objective.teacher_features or objective.needs_params)
-  if online:
-    t_model, t_variables = single_teacher(groups)
-    return Teachers(groups=groups, test=test,
-                    apply=frozen_teacher_apply(t_model, objective.teacher_features),
-                    variables=jax.device_put(  # all variables, e.g. batch_stats too
-                        t_variables, sharding(t_variables) if callable(sharding) else sharding))
-  cache = teacher_log_probs(groups, train_x, space=config.teacher.fusion,
-                            weights=config.teacher.weights,
-                            temperature=config.teacher.fusion_temperature)
-  return Teachers(groups=groups, test=test, cache=cache)
+  test = teacher_test_scores(config, groups, test_split, mesh=mesh)
+  # Online (one teacher or a fused ensemble in the step) or cached targets (disk, reused):
+  # kdjax.training._teacher_prepare.
+  ready = prepare_teachers(config, groups, objective=objective, train_x=train_x,
+                           workdir=workdir, mesh=mesh, variable_shardings=variable_shardings)
+  return Teachers(groups=groups, test=test, apply=ready.apply, variables=ready.variables,
+                  cache=ready.targets, cache_info=ready.cache)
