@@ -66,6 +66,7 @@ from kdjax.losses import _features
 from kdjax.losses import _kd
 from kdjax.losses import _relational
 from kdjax.losses import _schedules
+from kdjax.losses import _targets
 from kdjax.losses import _weights
 
 
@@ -148,7 +149,7 @@ _PARAMS = ("student_params", "teacher_params")
 
 # A literal registry: name -> spec. No import-time registration.
 TERMS: dict[str, TermSpec] = {
-    "cross_entropy": TermSpec(_kd.cross_entropy_term,
+    "cross_entropy": TermSpec(_targets.cross_entropy_term,
                               ("student_logits", "labels", "label_probs"),
                               {"label_smoothing": 0.0}),
     "soft_target_kl": TermSpec(_kd.soft_target_kl, _LOGITS, {"temperature": 1.0}),
