@@ -4,12 +4,16 @@ Teachers are frozen inputs to the step (eval mode), never part of the train stat
 reach the step one of two ways:
 
 * online: ``apply(variables, x) -> (logits, features)`` runs inside the jitted step on
-  the student's own batch (features and weight losses need it; augmented inputs need it);
-* cached: targets for every training example computed once (``config.teacher.cache``),
-  shipped with the batches as ``batch["teacher_logits"]``.
+  the student's own batch ``x``, so teacher and student see the same (augmented, mixed)
+  view, as function matching requires (Beyer et al. 2022); features and weight losses
+  need it too;
+* cached: targets for every training example computed once (``config.teacher.cache``)
+  and shipped with the batches as ``batch["teacher_logits"]``: in-memory inputs only,
+  which are never augmented.
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,7 +21,7 @@ import numpy as np
 
 from kdjax import metrics
 from kdjax.training import _guards
-from kdjax.training._step import TeacherApply, frozen_teacher_apply
+from kdjax.training._step import TeacherApply, frozen_teacher_apply, make_predict
 from kdjax.training._teacher import (TeacherGroup, load_teacher_groups, single_teacher,
                                      teacher_log_probs)
 
@@ -41,27 +45,53 @@ class Teachers:
   test: dict[str, Any] | None = None
 
 
-def setup_teachers(config, objective, *, num_classes: int, sample_x, train_x: np.ndarray,
-                   test_split: dict, sharding) -> Teachers:
-  """Loads ``config.teacher`` if ``objective`` needs a teacher, measures it on
-  ``test_split`` and makes it online (``apply`` + ``variables`` under ``sharding``)
-  or caches its targets on ``train_x``."""
+def _no_stream_cache(config, data) -> ValueError:
+  meta = data.pipelines["train"].meta
+  if meta["augment"] != "none" or meta["mixup_alpha"]:
+    why = (f"config.data.augment={meta['augment']!r}, mixup_alpha={meta['mixup_alpha']} makes a "
+           "new view every step and the teacher must see it (online)")
+  else:
+    why = (f"targets are cached for in-memory data only (config.data.source='local', not "
+           f"{config.data.source!r})")
+  return ValueError(f"config.teacher.cache=True but {why}; set config.teacher.cache=False")
+
+
+def setup_teachers(config, objective, *, num_classes: int, sample_x, data, sharding,
+                   evaluate: Callable) -> Teachers:
+  """Loads ``config.teacher`` if ``objective`` needs a teacher, measures it on the test
+  split and makes it online (``apply`` + ``variables`` under ``sharding``) or caches its
+  targets on the in-memory training inputs.
+
+  Args:
+    data: the run's :class:`kdjax.training._inputs.TrainingData`.
+    evaluate: ``(predict, variables) -> {split: metrics}`` on the run's held-out data.
+
+  Raises:
+    ValueError: ``config.teacher.cache=True`` with streaming inputs.
+  """
   if not objective.needs_teacher:
     return Teachers()
   groups = load_teacher_groups(config.teacher, num_classes=num_classes, sample_x=sample_x)
-  _guards.check_teachers_take(groups, train_x[:1])
-  test_targets = teacher_log_probs(groups, test_split["x"], space=config.teacher.fusion,
-                                   weights=config.teacher.weights)  # what the ensemble predicts
-  test = {"accuracy": float(metrics.accuracy(test_targets, test_split["y"])),
-          "nll": float(metrics.nll(test_targets, test_split["y"])),
-          "members": sum(g.size for g in groups)}
+  _guards.check_teachers_take(groups, sample_x[:1])
   online = (not config.teacher.cache or objective.teacher_features or objective.needs_params)
+  if data.streaming and not online:
+    raise _no_stream_cache(config, data)
+  test = None
+  if not data.streaming:
+    split = data.splits["test"]
+    test_targets = teacher_log_probs(groups, split["x"], space=config.teacher.fusion,
+                                     weights=config.teacher.weights)  # the fused ensemble
+    test = {"accuracy": float(metrics.accuracy(test_targets, split["y"])),
+            "nll": float(metrics.nll(test_targets, split["y"])),
+            "members": sum(g.size for g in groups)}
   if online:
     t_model, t_variables = single_teacher(groups)
-    return Teachers(groups=groups, test=test,
-                    apply=frozen_teacher_apply(t_model, objective.teacher_features),
-                    variables=jax.device_put(t_variables, sharding))  # e.g. batch_stats too
-  cache = teacher_log_probs(groups, train_x, space=config.teacher.fusion,
+    variables = jax.device_put(t_variables, sharding)  # all variables, e.g. batch_stats
+    if test is None:
+      test = {**evaluate(make_predict(t_model), variables)["test"], "members": 1}
+    return Teachers(groups=groups, test=test, variables=variables,
+                    apply=frozen_teacher_apply(t_model, objective.teacher_features))
+  cache = teacher_log_probs(groups, data.train_x, space=config.teacher.fusion,
                             weights=config.teacher.weights,
                             temperature=config.teacher.fusion_temperature)
   return Teachers(groups=groups, test=test, cache=cache)
