@@ -43,8 +43,13 @@ out-of-range label there reaches neither the loss nor its gradient.
 
 A term's ``weight`` is a number, or a schedule of the training step: ``{"value": w,
 "warmup_steps": n}`` (linear warm-up from 0 to ``w`` over ``n`` steps, as in DKD's
-official recipe), or any callable ``step -> weight`` (e.g. an ``optax`` schedule); an
-objective with a schedule needs ``objective(aux, inputs, step=step)``.
+official recipe), ``{"init": a, "end": b, "steps": n}`` (linear from ``a`` to ``b``), or
+any callable ``step -> weight`` (e.g. an ``optax`` schedule). Its float hyperparameters
+(``temperature``, ``alpha``, ``beta``, ``gamma``, ``label_smoothing``) take the same
+schedules (a temperature must stay > 0, so it takes no warm-up from 0), e.g.
+``{"hinton_kd": {"weight": 1.0, "temperature": 4.0, "alpha": {"init": 0.0, "end": 0.9,
+"steps": 1000}}}``. An objective with a schedule needs ``objective(aux, inputs,
+step=step)``.
 """
 
 import dataclasses
@@ -54,13 +59,13 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from kdjax.losses import _checks
 from kdjax.losses import _divergences
 from kdjax.losses import _features
 from kdjax.losses import _kd
 from kdjax.losses import _relational
+from kdjax.losses import _schedules
 from kdjax.losses import _weights
 
 
@@ -179,13 +184,15 @@ _OWN_KEYWORDS = ("student_feature", "teacher_feature", "projector", "norm")
 class Term:
   """One validated term: ``label`` (metric name), registered ``name``, weight, kwargs.
 
-  ``weight`` is a number, or a callable ``step -> weight`` (a schedule).
+  ``weight`` is a number, or a callable ``step -> weight`` (a schedule); so is each
+  value of ``kwargs`` named in ``schedules`` (the keywords that are schedules).
   """
 
   label: str
   name: str
   weight: float | Callable[[jax.Array], jax.Array]
   kwargs: Mapping[str, Any]
+  schedules: frozenset[str] = frozenset()
 
   @property
   def spec(self) -> TermSpec:
@@ -199,26 +206,6 @@ class Term:
 
 def _to_plain(x: Any) -> Any:
   return x.to_dict() if hasattr(x, "to_dict") else x
-
-
-def _parse_weight(label: str, weight: Any) -> float | Callable[[jax.Array], jax.Array]:
-  weight = _to_plain(weight)
-  if callable(weight):
-    return weight
-  if isinstance(weight, Mapping):
-    if set(weight) != {"value", "warmup_steps"}:
-      raise ValueError(f"make_objective: term {label!r} weight schedule must be "
-                       f"{{'value': w, 'warmup_steps': n}}, got keys {sorted(weight)}")
-    value, steps = _parse_weight(label, weight["value"]), weight["warmup_steps"]
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-      raise ValueError(f"make_objective: term {label!r} warmup_steps must be an int >= 1, "
-                       f"got {steps!r}")
-    return optax.linear_schedule(0.0, value, steps)
-  try:
-    return float(weight)
-  except (TypeError, ValueError):
-    raise ValueError(f"make_objective: term {label!r} weight must be a number or a schedule, "
-                     f"got {weight!r}") from None
 
 
 def _make_term(label: str, name: str, weight: Any, kwargs: Mapping[str, Any]) -> Term:
@@ -237,7 +224,14 @@ def _make_term(label: str, name: str, weight: Any, kwargs: Mapping[str, Any]) ->
   full = {k: kwargs.get(k, v) for k, v in allowed.items()}
   if "teacher_feature" in full and full["teacher_feature"] is None:
     full["teacher_feature"] = full["student_feature"]
-  if "temperature" in full:
+  schedules = set()
+  for key in _schedules.SCHEDULABLE:
+    if key in full and full[key] is not REQUIRED and full[key] is not None:
+      full[key] = _schedules.parse_schedule(f"term {label!r}", key, full[key],
+                                            positive=key in _schedules.POSITIVE)
+      if callable(full[key]):
+        schedules.add(key)
+  if "temperature" in full and "temperature" not in schedules:
     _checks.check_positive(f"make_objective: term {label!r}", "temperature", full["temperature"])
   if full.get("projector") not in (None, "dense", "conv"):
     raise ValueError(f"make_objective: term {label!r}: projector must be None, 'dense' or "
@@ -245,7 +239,8 @@ def _make_term(label: str, name: str, weight: Any, kwargs: Mapping[str, Any]) ->
   if full.get("norm") not in (None, "layer"):
     raise ValueError(f"make_objective: term {label!r}: norm must be None or 'layer', got "
                      f"{full['norm']!r}")
-  return Term(label, name, _parse_weight(label, weight), full)
+  weight = _schedules.parse_schedule(f"term {label!r}", "weight", weight)
+  return Term(label, name, weight, full, frozenset(schedules))
 
 
 def _parse_terms(terms: Any) -> list[Term]:
@@ -382,13 +377,13 @@ class Objective:
       return inputs.student_logits
     return self._require(term, inputs, name)
 
-  def _weight(self, term: Term, step: Any) -> Any:
-    if not callable(term.weight):
-      return term.weight
+  def _at_step(self, term: Term, what: str, value: Any, step: Any) -> Any:
+    if not callable(value):
+      return value
     if step is None:
-      raise ValueError(f"objective term {term.label!r} has a weight schedule; call "
+      raise ValueError(f"objective term {term.label!r} has a {what} schedule; call "
                        "objective(aux_params, inputs, step=step)")
-    return term.weight(step)
+    return value(step)
 
   def __call__(self, aux_params: Mapping[str, Any], inputs: LossInputs, *,
                step: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -410,7 +405,8 @@ class Objective:
     total = jnp.zeros((), jnp.float32)
     for term in self.terms:
       args = [self._input(term, name, aux_params, inputs) for name in term.spec.inputs]
-      kwargs = {k: v for k, v in term.kwargs.items() if k not in _OWN_KEYWORDS}
+      kwargs = {k: (self._at_step(term, k, v, step) if k in term.schedules else v)
+                for k, v in term.kwargs.items() if k not in _OWN_KEYWORDS}
       valid = rows
       if "labels" in term.spec.inputs and args[term.spec.inputs.index("labels")] is not None:
         labels = args[term.spec.inputs.index("labels")]
@@ -427,7 +423,7 @@ class Objective:
                            f"{value.shape}, expected ({batch},)")
         value = _checks.masked_mean(value, valid)
       metrics[f"loss/{term.label}"] = value
-      total = total + self._weight(term, step) * value
+      total = total + self._at_step(term, "weight", term.weight, step) * value
     metrics["loss"] = total
     return total, metrics
 

@@ -13,6 +13,7 @@ data) prepares the next blocks.
 """
 
 import copy
+import functools
 import json
 import pathlib
 import time
@@ -21,13 +22,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from kdjax import data as kd_data
 from kdjax import losses
 from kdjax.models import count_params
 from kdjax.training import _checkpoint as ckpt
-from kdjax.training import _guards, _nonfinite
+from kdjax.training import _guards, _nonfinite, _precision, _sharding
 from kdjax.training._evaluate import evaluate_all
 from kdjax.training._init import init_train_state
 from kdjax.training._inputs import load_training_data, make_batches
@@ -99,10 +98,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_config(config)
   workdir = pathlib.Path(workdir)
   _guards.check_workdir(workdir)
-  mesh = kd_data.make_data_mesh(config.num_devices)
-  if config.batch_size % mesh.size:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by {mesh.size} devices")
-  replicated = NamedSharding(mesh, P())
+  mesh = _sharding.make_mesh(config.mesh, config.num_devices)  # axes "data", "model"
+  if config.batch_size % mesh.shape["data"]:
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by {mesh.shape['data']} devices")
   eval_batch = max(config.eval_batch_size // mesh.size, 1) * mesh.size
 
   # Data, models and objective.
@@ -110,7 +108,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data = load_training_data(config, objective, eval_batch_size=eval_batch)
   config = copy.deepcopy(config)
   config.num_steps = resolve_num_steps(config, data.train_size)
-  model = model_from_config(config.model.to_dict(), data.num_classes)
+  model = _precision.with_compute_dtype(
+      model_from_config(config.model.to_dict(), data.num_classes), config.dtype)
   sample_x = jnp.asarray(data.sample_x)
 
   def evaluate(predict, variables) -> dict[str, dict[str, float]]:
@@ -118,7 +117,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Teachers: frozen inputs to the step (eval mode), never part of the state.
   teachers = setup_teachers(config, objective, num_classes=data.num_classes, sample_x=sample_x,
-                            data=data, sharding=replicated, evaluate=evaluate)
+                            data=data, evaluate=evaluate, mesh=mesh, workdir=workdir,
+                            variable_shardings=functools.partial(  # config.sharding.teacher
+                                _sharding.tree_shardings, rules=config.sharding.teacher,
+                                mesh=mesh, field="config.sharding.teacher"))
 
   run_info = {"model": config.model.to_dict(), "num_classes": data.num_classes,
               "data": config.data.name}
@@ -138,14 +140,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sample_y=None if data.sample_y is None else jnp.asarray(data.sample_y),
       sample_teacher_logits=None if teachers.cache is None else jnp.asarray(
           teachers.cache[:config.batch_size]))
-  state = jax.device_put(state, replicated)
+  state, state_shardings = _sharding.place_state(state, tx, config.sharding.student, mesh)
   manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints)
   state, data_state = ckpt.restore_latest(manager, state, with_data=data.streaming)
   start_step = int(state.step)
   log = MetricsLog(workdir / "metrics.jsonl", start_step)
 
   train_chunk = make_train_chunk(model=model, objective=objective, tx=tx,
-                                 teacher_apply=teachers.apply)
+                                 teacher_apply=teachers.apply, state_shardings=state_shardings)
+  train_chunk = _sharding.KeepCompiled(train_chunk)  # for XLA's memory analysis
   predict = make_predict(model)
   inputs = make_batches(data, config, mesh=mesh, teacher_cache=teachers.cache, state=data_state)
   per_call = config.steps_per_call or config.log_every
@@ -192,10 +195,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "params": count_params(state.params["student"]),
       "model": config.model.name,
       "teacher_test": teachers.test,
+      "teacher_cache": teachers.cache_info,
       "copied_from_teacher": list(copied),
       "devices": mesh.size,
       "backend": jax.default_backend(),
       "skipped_updates": _nonfinite.skipped_updates(state.opt_state),
+      "mesh": dict(mesh.shape), "dtype": config.dtype, "memory": _sharding.memory_report(
+          state, teachers.variables, train_chunk.compiled),
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary

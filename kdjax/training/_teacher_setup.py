@@ -7,9 +7,9 @@ reach the step one of two ways:
   the student's own batch ``x``, so teacher and student see the same (augmented, mixed)
   view, as function matching requires (Beyer et al. 2022); features and weight losses
   need it too;
-* cached: targets for every training example computed once (``config.teacher.cache``)
-  and shipped with the batches as ``batch["teacher_logits"]``: in-memory inputs only,
-  which are never augmented.
+* cached: targets for every training example computed once (``config.teacher.cache``),
+  shipped with the batches as ``batch["teacher_logits"]``: in-memory inputs only, which
+  are never augmented.
 """
 
 import dataclasses
@@ -19,11 +19,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from kdjax import metrics
 from kdjax.training import _guards
-from kdjax.training._step import TeacherApply, frozen_teacher_apply, make_predict
-from kdjax.training._teacher import (TeacherGroup, load_teacher_groups, single_teacher,
-                                     teacher_log_probs)
+from kdjax.training._step import TeacherApply
+from kdjax.training._teacher import TeacherGroup, load_teacher_groups
+from kdjax.training._precision import teacher_groups_in
+from kdjax.training._teacher_prepare import prepare_teachers, teacher_test_scores
 
 
 @dataclasses.dataclass
@@ -43,6 +43,7 @@ class Teachers:
   variables: Any = None
   cache: np.ndarray | None = None
   test: dict[str, Any] | None = None
+  cache_info: dict[str, Any] | None = None  # disk cache {"path", "reused", "seconds"}
 
 
 def _no_stream_cache(config, data) -> ValueError:
@@ -56,15 +57,20 @@ def _no_stream_cache(config, data) -> ValueError:
   return ValueError(f"config.teacher.cache=True but {why}; set config.teacher.cache=False")
 
 
-def setup_teachers(config, objective, *, num_classes: int, sample_x, data, sharding,
-                   evaluate: Callable) -> Teachers:
+def setup_teachers(config, objective, *, num_classes: int, sample_x, data, evaluate: Callable,
+                   mesh, workdir, variable_shardings=None) -> Teachers:
   """Loads ``config.teacher`` if ``objective`` needs a teacher, measures it on the test
-  split and makes it online (``apply`` + ``variables`` under ``sharding``) or caches its
-  targets on the in-memory training inputs.
+  split and makes it online (``apply`` + ``variables``) or caches its targets on the
+  in-memory training inputs (:mod:`kdjax.training._teacher_prepare`).
+  ``variable_shardings`` is a function of the online teacher's variables giving their
+  shardings (the teacher's sharding rules). The teacher computes in
+  ``config.teacher.dtype`` (``""``: ``config.dtype``).
 
   Args:
-    data: the run's :class:`kdjax.training._inputs.TrainingData`.
-    evaluate: ``(predict, variables) -> {split: metrics}`` on the run's held-out data.
+    data: the run's :class:`kdjax.training._inputs.TrainingData`; streaming data needs
+      the online teacher (it runs on the student's own, augmented view).
+    evaluate: ``(predict, variables) -> {split: metrics}`` on the run's held-out data
+      (measures a streaming run's teacher).
 
   Raises:
     ValueError: ``config.teacher.cache=True`` with streaming inputs.
@@ -72,26 +78,19 @@ def setup_teachers(config, objective, *, num_classes: int, sample_x, data, shard
   if not objective.needs_teacher:
     return Teachers()
   groups = load_teacher_groups(config.teacher, num_classes=num_classes, sample_x=sample_x)
+  groups = teacher_groups_in(groups, config.teacher.dtype or config.dtype)
   _guards.check_teachers_take(groups, sample_x[:1])
-  online = (not config.teacher.cache or objective.teacher_features or objective.needs_params)
+  online = not config.teacher.cache or objective.teacher_features or objective.needs_params
   if data.streaming and not online:
     raise _no_stream_cache(config, data)
-  test = None
-  if not data.streaming:
-    split = data.splits["test"]
-    test_targets = teacher_log_probs(groups, split["x"], space=config.teacher.fusion,
-                                     weights=config.teacher.weights)  # the fused ensemble
-    test = {"accuracy": float(metrics.accuracy(test_targets, split["y"])),
-            "nll": float(metrics.nll(test_targets, split["y"])),
-            "members": sum(g.size for g in groups)}
-  if online:
-    t_model, t_variables = single_teacher(groups)
-    variables = jax.device_put(t_variables, sharding)  # all variables, e.g. batch_stats
-    if test is None:
-      test = {**evaluate(make_predict(t_model), variables)["test"], "members": 1}
-    return Teachers(groups=groups, test=test, variables=variables,
-                    apply=frozen_teacher_apply(t_model, objective.teacher_features))
-  cache = teacher_log_probs(groups, data.train_x, space=config.teacher.fusion,
-                            weights=config.teacher.weights,
-                            temperature=config.teacher.fusion_temperature)
-  return Teachers(groups=groups, test=test, cache=cache)
+  # Online (one teacher or a fused ensemble in the step) or cached targets (disk, reused):
+  # kdjax.training._teacher_prepare.
+  ready = prepare_teachers(config, groups, objective=objective, train_x=data.train_x,
+                           workdir=workdir, mesh=mesh, variable_shardings=variable_shardings)
+  if data.streaming:
+    predict = jax.jit(lambda variables, x: ready.apply(variables, x)[0])
+    test = {**evaluate(predict, ready.variables)["test"], "members": sum(g.size for g in groups)}
+  else:
+    test = teacher_test_scores(config, groups, data.splits["test"], mesh=mesh)
+  return Teachers(groups=groups, test=test, apply=ready.apply, variables=ready.variables,
+                  cache=ready.targets, cache_info=ready.cache)
