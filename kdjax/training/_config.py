@@ -83,8 +83,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.grad_clip_norm = 0.0
 
   c.batch_size = 100
+  # Length: num_epochs > 0 takes precedence and derives num_steps = num_epochs *
+  # (training examples // batch_size); num_steps must then be 0 or that number (else an
+  # error). num_epochs = 0 trains num_steps.
+  c.num_epochs = 0
   c.num_steps = 6000
-  c.log_every = 500           # steps per jitted chunk; metrics are logged once a chunk
+  c.log_every = 500           # metrics are read and logged once every log_every steps
+  c.steps_per_call = 0        # steps per jitted lax.scan call (divides log_every; 0: log_every)
   c.eval_every = 1000
   c.checkpoint_every = 1000
   c.keep_checkpoints = 2
@@ -104,6 +109,7 @@ def default_config() -> ml_collections.ConfigDict:
 def smoke_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to a run of seconds (40 steps), for tests and ``:smoke``."""
   c.batch_size = 80  # divisible by the 8 virtual test devices
+  c.num_epochs = 0
   c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
   if c.optimizer.warmup_steps:
     c.optimizer.warmup_steps = 5

@@ -2,11 +2,17 @@
 
 Reads top to bottom: mesh, data, models, objective, teacher(s), init (or resume),
 the chunked loop with evaluation, metrics and checkpoints, the final summary. Each
-concern lives in its own module: training batches (:mod:`._inputs`), teachers
+concern lives in its own module: training data and batches (:mod:`._inputs`), teachers
 (:mod:`._teacher_setup`), the initial state (:mod:`._init`), evaluation
 (:mod:`._evaluate`), ``metrics.jsonl`` (:mod:`._metrics_log`).
+
+A jitted call runs ``steps_per_call`` optimizer steps (one ``lax.scan``); metrics are
+read from the device once every ``log_every`` steps, so the calls of one logging
+interval are dispatched back to back while the host (a prefetch thread, for streaming
+data) prepares the next blocks.
 """
 
+import copy
 import functools
 import json
 import pathlib
@@ -17,15 +23,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax import data as kd_data
 from kdjax import losses
 from kdjax.models import count_params
 from kdjax.training import _checkpoint as ckpt
 from kdjax.training import _guards, _nonfinite, _precision, _sharding
-from kdjax.training._evaluate import evaluate_arrays
+from kdjax.training._evaluate import evaluate_all
 from kdjax.training._init import init_train_state
-from kdjax.training._inputs import InMemoryBatches, load_training_inputs
-from kdjax.training._metrics_log import MetricsLog, make_progress_bar, update_progress_bar
+from kdjax.training._inputs import load_training_data, make_batches
+from kdjax.training._metrics_log import (MetricsLog, make_progress_bar, merge_calls,
+                                         update_progress_bar)
 from kdjax.training._optim import make_optimizer
 from kdjax.training._preemption import Preempted, PreemptionGuard
 from kdjax.training._step import make_predict, make_train_chunk
@@ -36,13 +42,38 @@ from kdjax.training._teacher_setup import setup_teachers
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Errors for settings that cannot work, before any compute is spent."""
   _guards.check_fields(config)  # unknown fields and wrong types
-  if config.num_steps <= 0:
-    raise ValueError(f"num_steps must be positive, got {config.num_steps}")
+  if config.num_steps < 0 or config.num_epochs < 0 or not (config.num_steps or
+                                                           config.num_epochs):
+    raise ValueError(f"set num_steps > 0 or num_epochs > 0 (got num_steps={config.num_steps}, "
+                     f"num_epochs={config.num_epochs})")
+  per_call = config.steps_per_call or config.log_every
+  if config.steps_per_call < 0 or config.log_every <= 0 or config.log_every % per_call:
+    raise ValueError(f"log_every={config.log_every} must be a positive multiple of "
+                     f"steps_per_call={config.steps_per_call} (0: log_every)")
   for name in ("eval_every", "checkpoint_every"):
     every = config[name]
     if every <= 0 or every % config.log_every:
       raise ValueError(f"{name}={every} must be a positive multiple of log_every={config.log_every} "
                        "(evaluations and checkpoints fall on chunk boundaries)")
+
+
+def resolve_num_steps(config: ml_collections.ConfigDict, train_size: int) -> int:
+  """``num_epochs > 0`` takes precedence: ``num_epochs * (train_size // batch_size)``
+  steps; ``num_steps`` must then be 0 (derive it) or that same number.
+
+  Raises:
+    ValueError: if both are set and disagree.
+  """
+  if not config.num_epochs:
+    return config.num_steps
+  per_epoch = train_size // config.batch_size
+  derived = config.num_epochs * per_epoch
+  if config.num_steps not in (0, derived) or not derived:
+    raise ValueError(f"config.num_steps={config.num_steps} disagrees with config.num_epochs="
+                     f"{config.num_epochs} x {per_epoch} steps an epoch ({train_size} examples, "
+                     f"batch_size={config.batch_size}) = {derived}; set num_steps=0 to derive it, "
+                     "or num_epochs=0 to train num_steps")
+  return derived
 
 
 def _check_same_run(workdir: pathlib.Path, run_info: dict) -> None:
@@ -55,13 +86,6 @@ def _check_same_run(workdir: pathlib.Path, run_info: dict) -> None:
   if saved != current:
     raise ValueError(f"{workdir} holds checkpoints of another run ({saved}); this config trains "
                      f"{current}. Use a new --workdir, or delete the old one")
-
-
-def _close(manager, bar, preemption) -> None:
-  preemption.uninstall()
-  bar.close()
-  manager.wait_until_finished()
-  manager.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -77,46 +101,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = _sharding.make_mesh(config.mesh, config.num_devices)  # axes "data", "model"
   if config.batch_size % mesh.shape["data"]:
     raise ValueError(f"batch_size={config.batch_size} is not divisible by {mesh.shape['data']} devices")
+  eval_batch = max(config.eval_batch_size // mesh.size, 1) * mesh.size
 
   # Data, models and objective.
-  splits = kd_data.load_dataset(config.data.name, **config.data.get("kwargs", {}),
-                                val_size=config.data.val_size)
-  num_classes = splits["num_classes"]
-  model = _precision.with_compute_dtype(model_from_config(config.model.to_dict(), num_classes),
-                                       config.dtype)
   objective = losses.make_objective(config.losses)
-  train_x, train_y = load_training_inputs(config, splits, objective)
-  sample_x = jnp.asarray(train_x[:config.batch_size])
+  data = load_training_data(config, objective, eval_batch_size=eval_batch)
+  config = copy.deepcopy(config)
+  config.num_steps = resolve_num_steps(config, data.train_size)
+  model = _precision.with_compute_dtype(
+      model_from_config(config.model.to_dict(), data.num_classes), config.dtype)
+  sample_x = jnp.asarray(data.sample_x)
+
+  def evaluate(predict, variables) -> dict[str, dict[str, float]]:
+    return evaluate_all(predict, variables, data, batch_size=eval_batch, mesh=mesh)
 
   # Teachers: frozen inputs to the step (eval mode), never part of the state.
-  teachers = setup_teachers(config, objective, num_classes=num_classes, sample_x=sample_x,
-                            train_x=train_x, test_split=splits["test"], mesh=mesh,
-                            workdir=workdir,
+  teachers = setup_teachers(config, objective, num_classes=data.num_classes, sample_x=sample_x,
+                            data=data, evaluate=evaluate, mesh=mesh, workdir=workdir,
                             variable_shardings=functools.partial(  # config.sharding.teacher
                                 _sharding.tree_shardings, rules=config.sharding.teacher,
                                 mesh=mesh, field="config.sharding.teacher"))
 
-  run_info = {"model": config.model.to_dict(), "num_classes": num_classes,
+  run_info = {"model": config.model.to_dict(), "num_classes": data.num_classes,
               "data": config.data.name}
+  if data.streaming:
+    run_info["data_source"] = config.data.source
   _check_same_run(workdir, run_info)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
 
-  # Init (or resume).
+  # Init (or resume, with the stream's position).
   tx = make_optimizer(config.optimizer, config.num_steps,
-                      steps_per_epoch=len(train_x) // config.batch_size)
+                      steps_per_epoch=data.train_size // config.batch_size)
   tx = _nonfinite.wrap_optimizer(tx, config.on_nonfinite, config.num_steps)
   state, copied = init_train_state(
       config, model=model, objective=objective, tx=tx, teachers=teachers,
-      num_classes=num_classes, sample_x=sample_x,
-      sample_y=None if train_y is None else jnp.asarray(train_y[:config.batch_size]),
+      num_classes=data.num_classes, sample_x=sample_x,
+      sample_y=None if data.sample_y is None else jnp.asarray(data.sample_y),
       sample_teacher_logits=None if teachers.cache is None else jnp.asarray(
           teachers.cache[:config.batch_size]))
   state, state_shardings = _sharding.place_state(state, tx, config.sharding.student, mesh)
   manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints)
-  restored = ckpt.restore_latest(manager, state)
-  if restored is not None:
-    state = restored
+  state, data_state = ckpt.restore_latest(manager, state, with_data=data.streaming)
   start_step = int(state.step)
   log = MetricsLog(workdir / "metrics.jsonl", start_step)
 
@@ -124,45 +150,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  teacher_apply=teachers.apply, state_shardings=state_shardings)
   train_chunk = _sharding.KeepCompiled(train_chunk)  # for XLA's memory analysis
   predict = make_predict(model)
-  eval_batch = max(config.eval_batch_size // mesh.size, 1) * mesh.size
-  inputs = InMemoryBatches(train_x, train_y, teacher_cache=teachers.cache,
-                           batch_size=config.batch_size, seed=config.seed, mesh=mesh)
-
-  def evaluate(split: str) -> dict[str, float]:
-    return evaluate_arrays(predict, state.student_variables(), splits[split],
-                           batch_size=eval_batch, mesh=mesh)
+  inputs = make_batches(data, config, mesh=mesh, teacher_cache=teachers.cache, state=data_state)
+  per_call = config.steps_per_call or config.log_every
 
   bar = make_progress_bar(total=config.num_steps, initial=start_step,
                           enabled=config.progress_bar, desc=workdir.name)
   step = start_step
   preemption = PreemptionGuard().install()  # SIGTERM: checkpoint at the next chunk boundary
-  while step < config.num_steps:
-    num = min(config.log_every, config.num_steps - step)
-    state, chunk_metrics = train_chunk(state, inputs.chunk(step, num), teachers.variables)
-    try:  # stop before logging or saving a non-finite chunk; the last good checkpoint stays
-      chunk_metrics = _nonfinite.check_chunk(chunk_metrics, chunk_start=step,
-                                             policy=config.on_nonfinite)
-    except _nonfinite.NonFiniteError:
-      preemption.uninstall()
-      manager.wait_until_finished()
-      raise
-    step += num
-    record = {"step": step, **{f"train/{k}": float(v) for k, v in chunk_metrics.items()}}
-    if step % config.eval_every == 0 or step == config.num_steps:
-      for split in ("val", "test"):
-        if split in splits:
-          record.update({f"{split}/{k}": v for k, v in evaluate(split).items()})
-    log.write(record)
-    update_progress_bar(bar, num, record)
-    if step % config.checkpoint_every == 0 or step == config.num_steps or preemption.requested:
-      ckpt.save(manager, step, state, force=preemption.requested)
-    if preemption.requested and step < config.num_steps:
-      _close(manager, bar, preemption)
-      raise Preempted(step, str(workdir))
-  _close(manager, bar, preemption)
+  try:
+    while step < config.num_steps:
+      calls, end = [], min(step + config.log_every, config.num_steps)
+      while step < end:  # dispatched back to back: no host sync inside a logging interval
+        num = min(per_call, end - step)
+        state, call_metrics = train_chunk(state, inputs.chunk(step, num), teachers.variables)
+        calls.append((step, num, call_metrics))
+        step += num
+      # Raises before logging or saving a non-finite chunk; the last good checkpoint stays.
+      train = merge_calls(calls, policy=config.on_nonfinite)
+      record = {"step": step, **{f"train/{k}": v for k, v in train.items()}}
+      if step % config.eval_every == 0 or step == config.num_steps:
+        for split, result in evaluate(predict, state.student_variables()).items():
+          record.update({f"{split}/{k}": v for k, v in result.items()})
+      log.write(record)
+      update_progress_bar(bar, sum(num for _, num, _ in calls), record)
+      if step % config.checkpoint_every == 0 or step == config.num_steps or preemption.requested:
+        ckpt.save(manager, step, state, force=preemption.requested,
+                  data_state=inputs.get_state())
+      if preemption.requested and step < config.num_steps:
+        raise Preempted(step, str(workdir))
+  finally:  # also on errors: a save in flight completes
+    preemption.uninstall()
+    bar.close()
+    inputs.close()
+    manager.wait_until_finished()
+    manager.close()
 
+  test = evaluate_all(predict, state.student_variables(), data, batch_size=eval_batch,
+                      mesh=mesh, splits=("test",))["test"]
   summary = {
-      "test": evaluate("test"),
+      "test": test,
       "steps": step,
       "resumed_from": start_step,
       "wall_s": round(time.time() - start_time, 2),

@@ -65,8 +65,9 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
       propagation alone may return them replicated).
 
   The returned function is jitted with the state donated. ``batches`` holds
-  ``"x": [K, B, ...]`` and optionally ``"y": [K, B]`` and
-  ``"teacher_logits": [K, B, C]``. Metrics are means over the K steps (over the finite
+  ``"x": [K, B, ...]`` and optionally ``"y": [K, B]``, ``"label_probs": [K, B, C]``
+  (soft targets, e.g. mixup's; they replace one-hot labels in the terms that take them)
+  and ``"teacher_logits": [K, B, C]``. Metrics are means over the K steps (over the finite
   ones, with health fields: :func:`kdjax.training._nonfinite.summarize_chunk`).
 
   Under data parallelism (``batches`` sharded over a data mesh, the state
@@ -90,6 +91,7 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
     inputs = losses.LossInputs(
         student_logits=student_logits,
         labels=batch.get("y"),
+        label_probs=batch.get("label_probs"),  # mixup's soft targets, [B, C]
         teacher_logits=teacher_logits,
         student_features=student_features,
         teacher_features=teacher_features,
