@@ -20,7 +20,7 @@ from kdjax import data as kd_data
 from kdjax import losses, metrics
 from kdjax.models import as_model, count_params, split_variables
 from kdjax.training import _checkpoint as ckpt
-from kdjax.training import _guards, _nonfinite
+from kdjax.training import _distributed, _guards, _nonfinite, _padding
 from kdjax.training._optim import make_optimizer
 from kdjax.training._preemption import Preempted, PreemptionGuard
 from kdjax.training._state import TrainState
@@ -108,8 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = pathlib.Path(workdir)
   _guards.check_workdir(workdir)
   mesh = kd_data.make_data_mesh(config.num_devices)
-  if config.batch_size % mesh.size:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by {mesh.size} devices")
+  local_rows, padded_rows = _padding.local_rows(config.batch_size, mesh)  # pad: masked rows
   replicated = NamedSharding(mesh, P())
 
   # Data.
@@ -147,14 +146,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run_info = {"model": config.model.to_dict(), "num_classes": num_classes,
               "data": config.data.name}
   _check_same_run(workdir, run_info)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
+  if _distributed.is_writer():
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
 
   # Init: student (params + model state such as batch_stats), optional copy of teacher
   # layers, objective's aux params, optimizer, dropout key.
   rng_student, rng_aux = jax.random.split(jax.random.key(config.seed))
   student = as_model(model)
   student_params, model_state = split_variables(student.init(rng_student, sample_x))
+  _padding.check_padding(batch_size=config.batch_size, local_rows=local_rows,
+                         num_local_devices=len(mesh.local_devices), model=model,
+                         model_state=model_state, num_processes=jax.process_count())
   copied = []
   if config.init.from_teacher:
     if not objective.needs_teacher:
@@ -187,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:
     state = restored
   start_step = int(state.step)
-  log = _MetricsLog(workdir / "metrics.jsonl", start_step)
+  log = _MetricsLog(workdir / "metrics.jsonl", start_step) if _distributed.is_writer() else None
 
   train_chunk = make_train_chunk(model=model, objective=objective, tx=tx,
                                  teacher_apply=teacher_apply)
@@ -197,15 +200,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def chunk_batches(step: int, num: int):
     idx = kd_data.batch_indices(len(train_x), batch_size=config.batch_size, start_step=step,
                                 num_steps=num, seed=config.seed)
-    idx = kd_data.host_slice(idx)
-    batch = {"x": train_x[idx]}
+    idx, mask = _padding.pad_indices(kd_data.host_slice(idx), padded_rows)
+    batch = {"x": train_x[idx]} if mask is None else {"x": train_x[idx], "mask": mask}
     if train_y is not None:
       batch["y"] = train_y[idx]
     if teacher_cache is not None:
       batch["teacher_logits"] = teacher_cache[idx]
     return kd_data.shard_batch(batch, mesh, batch_axis=1)
 
-  bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=None if config.progress_bar else True,  # None: off when not a TTY
+  bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=None if config.progress_bar and _distributed.is_writer() else True,  # None: off when not a TTY
                   desc=workdir.name, dynamic_ncols=True, leave=False)
   step = start_step
   preemption = PreemptionGuard().install()  # SIGTERM: checkpoint at the next chunk boundary
@@ -227,7 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           result = _evaluate(predict, state.student_variables(), splits[split],
                              batch_size=eval_batch, mesh=mesh)
           record.update({f"{split}/{k}": v for k, v in result.items()})
-    log.write(record)
+    if log is not None:
+      log.write(record)
     bar.update(num)
     bar.set_postfix({name: f"{record[key]:.3f}" for key, name in _BAR_FIELDS.items()
                      if key in record})
@@ -259,5 +263,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "backend": jax.default_backend(),
       "skipped_updates": _nonfinite.skipped_updates(state.opt_state),
   }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  if _distributed.is_writer():
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary

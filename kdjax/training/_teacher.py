@@ -19,6 +19,7 @@ import numpy as np
 
 from kdjax.models import as_model, get_model
 from kdjax.training._checkpoint import load_variables
+from kdjax.training._distributed import local_member_mesh
 from kdjax.training._guards import read_run_info
 from kdjax.training._teacher_files import load_teacher_file
 
@@ -163,7 +164,9 @@ def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, space: str =
     raise ValueError(f"Unknown teacher fusion {space!r}; known: {list(fusion.SPACES)}")
 
   # Several devices: each holds its share of every group's members (one sharded call).
-  member_mesh = ensemble.make_member_mesh() if jax.device_count() > 1 else None
+  # With several processes each computes all targets on its own devices (no cross-host
+  # arrays, so np.asarray below holds everything).
+  member_mesh = local_member_mesh() if jax.local_device_count() > 1 else None
   # Groups concatenate members by architecture; put them back in the user's order
   # (fusion weights are given in that order).
   order = np.argsort(np.concatenate([g.indices for g in groups]))
