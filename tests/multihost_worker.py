@@ -1,7 +1,8 @@
 """One process of the multi-process training test (``tests/test_multihost.py``).
 
 Usage: ``python tests/multihost_worker.py ADDRESS NUM_PROCESSES PROCESS_ID WORKDIR
-DEVICES_PER_PROCESS CONFIG_OVERRIDES_JSON``. Runs on the CPU with virtual devices.
+DEVICES_PER_PROCESS CONFIG[:ARG] CONFIG_OVERRIDES_JSON``. Runs on the CPU with virtual
+devices.
 """
 
 import json
@@ -10,7 +11,7 @@ import sys
 
 
 def main(address: str, num_processes: str, process_id: str, workdir: str, devices: str,
-         overrides: str) -> None:
+         config_name: str, overrides: str) -> None:
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   os.environ["JAX_PLATFORMS"] = "cpu"
   from kdjax.training import _distributed
@@ -24,7 +25,8 @@ def main(address: str, num_processes: str, process_id: str, workdir: str, device
 
     assert jax.process_count() == int(num_processes) and jax.device_count() == int(
         num_processes) * int(devices), (jax.process_count(), jax.device_count())
-    config = load_config("mnist1d/mlp.py", None, json.loads(overrides))
+    path, _, arg = config_name.partition(":")
+    config = load_config(path, arg or None, json.loads(overrides))
     summary = train_and_evaluate(config, workdir)
     print(json.dumps({"process": jax.process_index(), "test": summary["test"]}))
   finally:

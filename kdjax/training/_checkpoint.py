@@ -103,9 +103,9 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> Any | None:
 
 
 def _restore_here(manager: ocp.CheckpointManager, step: int) -> Any:
-  """Step ``step`` as arrays on this process's first device. A checkpoint written by
-  another device topology (e.g. several processes) needs a target: its shapes and dtypes
-  from the checkpoint's metadata."""
+  """Step ``step``'s arrays. A checkpoint written by another device topology (e.g.
+  several processes) needs a target: its shapes and dtypes from the checkpoint's metadata,
+  read through this process's first device and returned as NumPy arrays."""
   try:
     return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
   except ValueError as e:
@@ -114,7 +114,8 @@ def _restore_here(manager: ocp.CheckpointManager, step: int) -> Any:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                         manager.item_metadata(step)["state"])
-  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  return jax.device_get(restored.state)  # NumPy: placed wherever the caller computes
 
 
 def load_variables(workdir: str | pathlib.Path) -> dict[str, Any]:

@@ -137,3 +137,19 @@ def local_member_mesh(member_axis: str = "member") -> jax.sharding.Mesh:
   devices = jax.local_devices()
   return jax.make_mesh((len(devices),), (member_axis,),
                        axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+  """Waits until every process reaches ``barrier(name)`` (no-op for one process).
+
+  Placed after work whose length differs between hosts (loading teachers, computing their
+  targets, compiling): the first collective after it then finds every process ready. It
+  uses the coordination service of ``jax.distributed`` (as orbax's distributed barrier
+  does), which waits up to ``timeout_s``; a collective used as a barrier would give up
+  after the CPU collectives' (gloo's) 30 s.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # the client has no public accessor (orbax reads it too)
+
+  distributed.global_state.client.wait_at_barrier(f"kdjax_{name}", timeout_s * 1000)

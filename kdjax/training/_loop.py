@@ -185,6 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      model_state=model_state, rng=dropout_key)
   state = jax.device_put(state, replicated)
 
+  _distributed.barrier("train_state")  # hosts may differ in start-up time
   manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints)
   restored = ckpt.restore_latest(manager, state)
   if restored is not None:
