@@ -46,7 +46,7 @@ def test_every_shipped_config_fits_the_device_count(devices):
     assert rows == c.batch_size and padded % devices == 0 and 0 <= padded - rows < devices
     model = MODELS[c.model.name]  # a linen Module class (or a partial of one): maskable
     assert issubclass(getattr(model, "func", model), nn.Module), name
-    _padding.check_padding(batch_size=c.batch_size, local_rows=rows, num_local_devices=devices,
+    _padding.check_padding(batch_size=c.batch_size, local_rows=rows, mesh=mesh,
                            model=model(num_classes=10), model_state={"batch_stats": {"mean": np.zeros(1)}})
     checked += 1
   assert checked >= 40

@@ -123,13 +123,14 @@ def test_batch_100_trains_the_same_on_1_2_4_8_devices(name):
 def test_padding_a_stateful_non_linen_model_names_what_works():
   state = {"batch_stats": {"mean": np.zeros(3)}}
   fn = lambda variables, x: x  # noqa: E731  (a plain apply_fn cannot take a BatchNorm mask)
+  mesh = kd_data.make_data_mesh(8)
   with pytest.raises(ValueError, match=r"batch_size=100 is not divisible by 8 devices.*"
                      r"e\.g\. 96, 104\) or --config.num_devices in \[1, 2, 4, 5\]"):
-    _padding.check_padding(batch_size=100, local_rows=100, num_local_devices=8, model=fn,
+    _padding.check_padding(batch_size=100, local_rows=100, mesh=mesh, model=fn,
                            model_state=state)
-  _padding.check_padding(batch_size=96, local_rows=96, num_local_devices=8, model=fn,
+  _padding.check_padding(batch_size=96, local_rows=96, mesh=mesh, model=fn,
                          model_state=state)  # divisible: nothing to mask
-  _padding.check_padding(batch_size=100, local_rows=100, num_local_devices=8,
+  _padding.check_padding(batch_size=100, local_rows=100, mesh=mesh,
                          model=get_model("resnet8", num_classes=10), model_state=state)
 
 
@@ -158,3 +159,12 @@ def test_to_host_returns_a_sharded_array_whole():
   mesh = kd_data.make_data_mesh(8)
   x = np.arange(32.0).reshape(16, 2)
   np.testing.assert_array_equal(_distributed.to_host(kd_data.shard_batch(x, mesh)), x)
+
+
+def test_rows_are_padded_per_data_shard_of_a_data_model_mesh():
+  from kdjax.training import _sharding
+
+  mesh = _sharding.make_mesh({"data": 4, "model": 2}, 8)  # the batch splits 4 ways
+  assert _padding.local_data_shards(mesh) == 4
+  assert _padding.local_rows(100, mesh) == (100, 100)
+  assert _padding.local_rows(30, mesh) == (30, 32)

@@ -131,14 +131,6 @@ def local_batch_size(global_batch: int, name: str = "batch_size") -> int:
   return global_batch // count
 
 
-def local_member_mesh(member_axis: str = "member") -> jax.sharding.Mesh:
-  """A 1-D mesh over this process's devices (``kdjax.ensemble.make_member_mesh`` over
-  ``jax.local_devices()``), for work every process does on its own."""
-  devices = jax.local_devices()
-  return jax.make_mesh((len(devices),), (member_axis,),
-                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
-
-
 def barrier(name: str, timeout_s: int = 1800) -> None:
   """Waits until every process reaches ``barrier(name)`` (no-op for one process).
 

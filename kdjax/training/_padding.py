@@ -107,34 +107,19 @@ def mask_batch_norm(mask: jax.Array | None) -> Iterator[None]:
     yield
 
 
-def check_padding(*, batch_size: int, local_rows: int, num_local_devices: int, model,
-                  model_state, num_processes: int = 1) -> None:
-  """Refuses padding that the student's batch statistics could not mask: a model with
-  state (BatchNorm) that is not a linen module (NNX, a plain ``apply_fn``).
-
-  Raises:
-    ValueError: naming the batch sizes and device counts that need no padding.
-  """
-  if local_rows % num_local_devices == 0 or not jax.tree.leaves(model_state):
-    return
-  from kdjax.models import as_model
-  from kdjax.models._adapters import LinenModel
-
-  if isinstance(as_model(model), LinenModel):
-    return
-  devices = num_local_devices * num_processes
-  below = batch_size // devices * devices
-  sizes = ", ".join(str(b) for b in (below, below + devices) if b > 0)
-  counts = [d for d in range(num_processes, devices + 1, num_processes) if batch_size % d == 0]
-  raise ValueError(f"batch_size={batch_size} is not divisible by {devices} devices, and the "
-                   f"student's batch statistics (model state {sorted(model_state)}) can only "
-                   "mask padded rows in linen nn.BatchNorm layers; use a batch_size divisible "
-                   f"by {devices} (e.g. {sizes}) or --config.num_devices in {counts}")
+def local_data_shards(mesh, axis: str = "data") -> int:
+  """How many positions of ``mesh``'s ``axis`` (the batch's shards) this host's devices hold:
+  its local device count on a 1-D data mesh, fewer when a ``model`` axis splits it."""
+  if axis not in mesh.shape:
+    return len(mesh.local_devices)
+  rows = np.moveaxis(mesh.devices, mesh.axis_names.index(axis), 0).reshape(mesh.shape[axis], -1)
+  here = jax.process_index()
+  return sum(any(d.process_index == here for d in row) for row in rows)
 
 
-def local_rows(batch_size: int, mesh) -> tuple[int, int]:
+def local_rows(batch_size: int, mesh, axis: str = "data") -> tuple[int, int]:
   """``(rows, padded rows)`` this host feeds a step: its share ``B / P`` of the global
-  batch, and that share padded to a multiple of its devices in ``mesh``.
+  batch, and that share padded to a multiple of its shards of ``mesh``'s ``axis``.
 
   Raises:
     ValueError: if the hosts cannot take equal shares of ``batch_size``.
@@ -142,4 +127,31 @@ def local_rows(batch_size: int, mesh) -> tuple[int, int]:
   from kdjax.training._distributed import local_batch_size
 
   rows = local_batch_size(batch_size)
-  return rows, padded_size(rows, len(mesh.local_devices))
+  return rows, padded_size(rows, local_data_shards(mesh, axis))
+
+
+def check_padding(*, batch_size: int, local_rows: int, mesh, model, model_state,
+                  axis: str = "data") -> None:
+  """Refuses padding that the student's batch statistics could not mask: a model with
+  state (BatchNorm) that is not a linen module (NNX, a plain ``apply_fn``).
+
+  Raises:
+    ValueError: naming the batch sizes and device counts that need no padding.
+  """
+  shards = local_data_shards(mesh, axis)
+  if local_rows % shards == 0 or not jax.tree.leaves(model_state):
+    return
+  from kdjax.models import as_model
+  from kdjax.models._adapters import LinenModel
+
+  if isinstance(as_model(model), LinenModel):
+    return
+  hosts = jax.process_count()
+  devices = shards * hosts
+  below = batch_size // devices * devices
+  sizes = ", ".join(str(b) for b in (below, below + devices) if b > 0)
+  counts = [d for d in range(hosts, devices + 1, hosts) if batch_size % d == 0]
+  raise ValueError(f"batch_size={batch_size} is not divisible by {devices} devices, and the "
+                   f"student's batch statistics (model state {sorted(model_state)}) can only "
+                   "mask padded rows in linen nn.BatchNorm layers; use a batch_size divisible "
+                   f"by {devices} (e.g. {sizes}) or --config.num_devices in {counts}")
