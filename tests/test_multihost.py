@@ -35,7 +35,8 @@ def _free_port() -> int:
 def test_two_processes_train_like_one(tmp_path, teacher_dir):
   overrides = {"progress_bar": False, "num_steps": 4, "log_every": 2, "eval_every": 2,
                "checkpoint_every": 4, "batch_size": 100, "num_devices": 0,
-               "teacher.workdir": str(teacher_dir)}
+               "teacher.workdir": str(teacher_dir),
+               "teacher.disk_cache": False}  # each run computes its teacher targets
   config_name = "mnist1d/kd_cnn_to_mlp.py:labelled"
   multi = tmp_path / "two_processes"
   address = f"127.0.0.1:{_free_port()}"
@@ -67,6 +68,10 @@ def test_two_processes_train_like_one(tmp_path, teacher_dir):
     np.testing.assert_allclose(r["test"]["nll"], summary["test"]["nll"], rtol=1e-5)
   written = json.loads((multi / "summary.json").read_text())
   assert written["test"] == reports[0]["test"] and written["devices"] == 8
+  # The teacher targets, computed by both processes together, score like one process's.
+  for key in ("accuracy", "nll"):
+    np.testing.assert_allclose(written["teacher_test"][key], summary["teacher_test"][key],
+                               rtol=1e-5)
   lines = [json.loads(l) for l in (multi / "metrics.jsonl").read_text().splitlines()]
   reference = [json.loads(l) for l in (single / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in lines] == [2, 4]

@@ -122,12 +122,17 @@ def local_rows(batch_size: int, mesh, axis: str = "data") -> tuple[int, int]:
   batch, and that share padded to a multiple of its shards of ``mesh``'s ``axis``.
 
   Raises:
-    ValueError: if the hosts cannot take equal shares of ``batch_size``.
+    ValueError: if the hosts cannot take equal shares of ``batch_size``, or this host has
+      no device in ``mesh``.
   """
   from kdjax.training._distributed import local_batch_size
 
   rows = local_batch_size(batch_size)
-  return rows, padded_size(rows, local_data_shards(mesh, axis))
+  shards = local_data_shards(mesh, axis)
+  if not shards:
+    raise ValueError(f"process {jax.process_index()} holds none of the mesh's {mesh.size} "
+                     "devices; with several processes use every device (config.num_devices=0)")
+  return rows, padded_size(rows, shards)
 
 
 def check_padding(*, batch_size: int, local_rows: int, mesh, model, model_state,
