@@ -139,6 +139,22 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any, *,
   return (target, None) if found is None else found
 
 
+def _restore_here(manager: ocp.CheckpointManager, step: int) -> Any:
+  """Step ``step``'s arrays. A checkpoint written by another device topology (e.g.
+  several processes) needs a target: its shapes and dtypes from the checkpoint's metadata,
+  read through this process's first device and returned as NumPy arrays."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  except ValueError as e:
+    if "topology" not in str(e).lower():
+      raise
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        manager.item_metadata(step)["state"])
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  return jax.device_get(restored.state)  # NumPy: placed wherever the caller computes
+
+
 def load_variables(workdir: str | pathlib.Path) -> dict[str, Any]:
   """Student variables of the newest good checkpoint in ``workdir``:
   ``{"params": ..., **model_state}`` (e.g. BatchNorm's ``"batch_stats"``), what a
@@ -151,9 +167,9 @@ def load_variables(workdir: str | pathlib.Path) -> dict[str, Any]:
   if not path.is_dir():
     raise FileNotFoundError(f"No checkpoints in {workdir!r} (expected {path}/): "
                             "train it first with `kdjax train --workdir ...`")
-  with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False)) as manager:
-    args = ocp.args.Composite(state=ocp.args.StandardRestore())
-    restored = _restore_newest_good(manager, lambda step: manager.restore(step, args=args).state,
+  with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False),
+                             item_handlers={"state": ocp.StandardCheckpointHandler()}) as manager:
+    restored = _restore_newest_good(manager, lambda step: _restore_here(manager, step),
                                     quarantine=None)  # a teacher's workdir is only read
   if restored is None:
     raise FileNotFoundError(f"No complete checkpoint in {path}")

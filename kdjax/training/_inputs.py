@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from kdjax import data as kd_data
+from kdjax.training._padding import local_rows, pad_indices
 
 
 def load_training_inputs(config, splits, objective) -> tuple[np.ndarray, np.ndarray | None]:
@@ -52,6 +53,7 @@ class InMemoryBatches:
                batch_size: int, seed: int, mesh):
     self.x, self.y, self.teacher_cache = x, y, teacher_cache
     self.batch_size, self.seed, self.mesh = batch_size, seed, mesh
+    _, self.rows = local_rows(batch_size, mesh)  # this host's rows, padded for its devices
 
   def __len__(self) -> int:
     return len(self.x)
@@ -59,8 +61,8 @@ class InMemoryBatches:
   def chunk(self, step: int, num: int) -> dict[str, Any]:
     idx = kd_data.batch_indices(len(self.x), batch_size=self.batch_size, start_step=step,
                                 num_steps=num, seed=self.seed)
-    idx = kd_data.host_slice(idx)
-    batch = {"x": self.x[idx]}
+    idx, mask = pad_indices(kd_data.host_slice(idx), self.rows)  # mask: None if unpadded
+    batch = {"x": self.x[idx]} if mask is None else {"x": self.x[idx], "mask": mask}
     if self.y is not None:
       batch["y"] = self.y[idx]
     if self.teacher_cache is not None:

@@ -26,7 +26,7 @@ import ml_collections
 from kdjax import losses
 from kdjax.models import count_params
 from kdjax.training import _checkpoint as ckpt
-from kdjax.training import _guards, _nonfinite, _precision, _sharding
+from kdjax.training import _distributed, _guards, _nonfinite, _padding, _precision, _sharding
 from kdjax.training._evaluate import evaluate_all
 from kdjax.training._init import init_train_state
 from kdjax.training._inputs import load_training_data, make_batches
@@ -99,13 +99,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = pathlib.Path(workdir)
   _guards.check_workdir(workdir)
   mesh = _sharding.make_mesh(config.mesh, config.num_devices)  # axes "data", "model"
-  if config.batch_size % mesh.shape["data"]:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by {mesh.shape['data']} devices")
+  local_rows, _ = _padding.local_rows(config.batch_size, mesh)  # uneven: padded, masked rows
   eval_batch = max(config.eval_batch_size // mesh.size, 1) * mesh.size
 
   # Data, models and objective.
   objective = losses.make_objective(config.losses)
   data = load_training_data(config, objective, eval_batch_size=eval_batch)
+  if data.streaming and config.batch_size % mesh.shape["data"]:  # padding: in-memory data only
+    raise ValueError(f"batch_size={config.batch_size} of a streaming run is not divisible by the "
+                     f"{mesh.shape['data']} devices of the data axis; use a multiple of "
+                     f"{mesh.shape['data']}")
   config = copy.deepcopy(config)
   config.num_steps = resolve_num_steps(config, data.train_size)
   model = _precision.with_compute_dtype(
@@ -127,8 +130,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if data.streaming:
     run_info["data_source"] = config.data.source
   _check_same_run(workdir, run_info)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
+  if _distributed.is_writer():  # process 0 writes the run's files
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
 
   # Init (or resume, with the stream's position).
   tx = make_optimizer(config.optimizer, config.num_steps,
@@ -140,7 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sample_y=None if data.sample_y is None else jnp.asarray(data.sample_y),
       sample_teacher_logits=None if teachers.cache is None else jnp.asarray(
           teachers.cache[:config.batch_size]))
+  _padding.check_padding(batch_size=config.batch_size, local_rows=local_rows, mesh=mesh,
+                         model=model, model_state=state.model_state)
   state, state_shardings = _sharding.place_state(state, tx, config.sharding.student, mesh)
+  _distributed.barrier("train_state")  # hosts may differ in start-up time
   manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints)
   state, data_state = ckpt.restore_latest(manager, state, with_data=data.streaming)
   start_step = int(state.step)
@@ -203,5 +210,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "mesh": dict(mesh.shape), "dtype": config.dtype, "memory": _sharding.memory_report(
           state, teachers.variables, train_chunk.compiled),
   }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  if _distributed.is_writer():
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary

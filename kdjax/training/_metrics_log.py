@@ -16,10 +16,14 @@ BAR_FIELDS = {"train/loss": "loss", "train/accuracy": "train_acc",
 
 class MetricsLog:
   """``metrics.jsonl``: one JSON object a line; a resumed run first drops the lines
-  written after its checkpoint, so the file never holds a step twice."""
+  written after its checkpoint, so the file never holds a step twice. With several
+  processes only process 0 writes."""
 
   def __init__(self, path: pathlib.Path, resume_step: int):
     self.path = path
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
     kept = []
     if path.exists():
       kept = [line for line in path.read_text().splitlines()
@@ -27,12 +31,16 @@ class MetricsLog:
     path.write_text("".join(line + "\n" for line in kept))
 
   def write(self, record: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
 
 
 def make_progress_bar(*, total: int, initial: int, enabled: bool, desc: str) -> tqdm.tqdm:
-  """A tqdm bar; ``enabled=True`` still hides it when stderr is not a TTY."""
+  """A tqdm bar; ``enabled=True`` still hides it when stderr is not a TTY, and on every
+  process but 0."""
+  enabled = enabled and jax.process_index() == 0
   return tqdm.tqdm(total=total, initial=initial, disable=None if enabled else True,
                    desc=desc, dynamic_ncols=True, leave=False)
 
