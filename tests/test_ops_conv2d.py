@@ -152,6 +152,21 @@ def test_resnet20_forward_and_grad_equal_across_impls(onednn):
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-4)
 
 
+@pytest.mark.parametrize("name", ["wrn_16_2", "vgg8", "resnet18", "resnet8x4"])
+def test_conv_impl_reaches_every_zoo_convolution(onednn, name):
+  """Traced only (no compile): with ``conv_impl="onednn"`` every convolution of the model is
+  the oneDNN FFI call, as many as XLA convolutions with ``"xla"``."""
+  x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+  counts = {}
+  for impl in ("xla", "onednn"):
+    model = get_model(name, num_classes=10, conv_impl=impl)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    text = str(jax.make_jaxpr(model.apply)(variables, x))
+    counts[impl] = (text.count("kdjax_conv2d_fwd"), text.count("conv_general_dilated["))
+  assert counts["xla"][0] == 0 and counts["xla"][1] > 0
+  assert counts["onednn"] == (counts["xla"][1], 0)
+
+
 def test_auto_uses_xla_where_onednn_does_not_fit(monkeypatch):
   x, w, strides, padding = _inputs(CASES[0])
   pads = _conv2d._pads(x.shape, w.shape, strides, padding)
