@@ -129,6 +129,16 @@ def test_vmap_and_scan(onednn):
   np.testing.assert_allclose(total, np.sum(jax.vmap(g)(xs)), rtol=1e-4)
 
 
+def test_batch_sharded_over_devices(onednn):
+  """On a data mesh over the 8 test devices the (gathered) FFI call gives XLA's values."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  x, w, strides, padding = _inputs((16, 6, 6, 3, 3, 3, 4, (1, 1), "SAME"))
+  x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  got, want = (_loss_grads(impl, strides, padding, 1.0)(x, w) for impl in ("onednn", "xla"))
+  for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
+
+
 def test_resnet20_forward_and_grad_equal_across_impls(onednn):
   """resnet20 (train mode, BatchNorm batch statistics): logits, BatchNorm updates and every
   parameter gradient agree between ``conv_impl="onednn"`` and ``"xla"``."""

@@ -94,10 +94,12 @@ def conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
   where :math:`x^{pad}` is ``x`` zero-padded by ``padding``. With ``impl="onednn"`` the
   forward pass, the gradient w.r.t. ``x`` (a transposed convolution of ``dy``) and the
   gradient w.r.t. ``w`` (:math:`\sum_n x^{pad} \star dy`) are oneDNN primitives called
-  through XLA's FFI (a ``jax.custom_vjp``); it works under ``jit``, ``grad``, ``scan`` and
-  on sharded inputs. Under ``vmap`` each batch element is a separate oneDNN call (the FFI
-  call's ``vmap_method="sequential"``): correct, not fast. Higher-order gradients are not
-  defined for ``impl="onednn"`` (the backward pass is not itself differentiable).
+  through XLA's FFI (a ``jax.custom_vjp``); it works under ``jit``, ``grad`` and ``scan``.
+  Correct but not fast: under ``vmap`` each batch element is a separate oneDNN call (the FFI
+  call's ``vmap_method="sequential"``), and on inputs sharded over several devices XLA
+  gathers the operands onto every device first (the FFI call is not partitioned), so a
+  data-parallel mesh gets no speed from it. Higher-order gradients are not defined for
+  ``impl="onednn"`` (the backward pass is not itself differentiable).
 
   Args:
     x: ``[N, H, W, C]`` input.
