@@ -15,18 +15,26 @@ table gives medians, the 25-75 percentile spread, and the median of per-repeat r
 (adjacent blocks), with the 1-minute load average recorded around every block. This machine
 is shared: a loaded machine slows PyTorch's thread pool more than XLA's (NOTES.md).
 
-  python benchmarks/conv2d_onednn.py --reps 7 --steps 5
+  python benchmarks/conv2d_onednn.py --reps 5 --steps 2 [--profile]
+
+``--profile`` adds a ``jax.profiler`` trace of both JAX steps: milliseconds per step by XLA:CPU
+thunk kind (``ffi_call`` is the oneDNN convolutions), i.e. where the time goes.
 
 Writes ``benchmarks/results/conv2d_onednn.json`` and prints markdown tables.
 """
 
 import argparse
+import collections
 import datetime
 import functools
+import glob
+import gzip
 import json
 import os
 import platform
+import re
 import sys
+import tempfile
 import time
 
 import jax
@@ -156,6 +164,28 @@ def summarize(times, bases, batch):
   return rows
 
 
+def profile(run, steps=2):
+  """Milliseconds per step spent in each kind of XLA:CPU thunk (``ffi_call`` = the oneDNN
+  convolutions, ``convolution`` = XLA's, ``*_fusion`` = element-wise/BatchNorm/update work),
+  from a ``jax.profiler`` trace of ``steps`` warm steps."""
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      for _ in range(steps):
+        jax.block_until_ready(run())
+    (path,) = glob.glob(f"{tmp}/**/*.trace.json.gz", recursive=True)
+    with gzip.open(path) as f:
+      events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  totals = collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") != "X" or name.startswith("$") or "Executable" in name or "Thunk" in name \
+        or "Pjit" in name or name.startswith("end:"):
+      continue
+    totals[re.sub(r"\.\d+$", "", name)] += e.get("dur", 0) / 1e3 / steps
+  return dict(totals.most_common(8))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--reps", type=int, default=7)
@@ -163,6 +193,8 @@ def main():
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--no-torch", action="store_true")
+  parser.add_argument("--profile", action="store_true",
+                      help="also profile the two JAX steps (ms per step by XLA thunk kind)")
   parser.add_argument("--out", default=RESULTS)
   args = parser.parse_args()
   reason = onednn_unavailable_reason()
@@ -180,6 +212,10 @@ def main():
     torch_version = torch.__version__
     steps["pytorch"] = torch_step(x, y, args.threads)
   kd_times, kd_loads = timed_rounds(steps, args.reps, args.steps)
+  profiles = {}
+  if args.profile:
+    for impl in ("xla", "onednn"):
+      profiles[impl] = {"load_1min": os.getloadavg()[0], "ms_per_step": profile(steps[impl])}
 
   b = args.batch
   shapes = {"3x3 s1 16->16 @32": ((b, 32, 32, 16), (3, 3, 16, 16), 1),
@@ -203,6 +239,7 @@ def main():
                   "rows": summarize(kd_times, [k for k in ("xla", "pytorch") if k in kd_times], b),
                   "load_1min": kd_loads},
       "conv_layer_fwd_bwd": layer_rows,
+      "kd_step_profile": profiles,
   }
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
@@ -227,6 +264,10 @@ def main():
     print(f"| {label} | {r['xla']['ms_median']:.2f} | {r['onednn']['ms_median']:.2f} | "
           f"{r['onednn']['speedup_vs_xla_median']:.2f} ({r['onednn']['speedup_vs_xla_min']:.2f}-"
           f"{r['onednn']['speedup_vs_xla_max']:.2f}) |")
+  for impl, prof in profiles.items():
+    total = sum(prof["ms_per_step"].values())
+    print(f"\nProfile, conv_impl={impl} (load {prof['load_1min']:.1f}), ms per step by thunk kind: "
+          + ", ".join(f"{k} {v:.0f} ({100 * v / total:.0f}%)" for k, v in prof["ms_per_step"].items()))
   print(f"\nwrote {args.out}")
 
 
