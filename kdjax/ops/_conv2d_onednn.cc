@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -136,7 +137,13 @@ ffi::Error Run(Kind kind, ffi::AnyBuffer::Dimensions x_dims, ffi::AnyBuffer::Dim
     return ffi::Error::InvalidArgument("kdjax conv2d: x [N,H,W,C], w [KH,KW,C,O], y [N,OH,OW,O] "
                                        "do not match");
   }
-  if (n == 0 || oh == 0 || ow == 0 || c == 0 || o == 0) return ffi::Error::Success();
+  if (n == 0 || h == 0 || wd == 0 || oh == 0 || ow == 0 || c == 0 || o == 0 || kh == 0 ||
+      kw == 0) {  // an empty sum: the result (whichever buffer it is) is all zeros
+    if (kind == kFwd) std::memset(y, 0, sizeof(float) * n * oh * ow * o);
+    if (kind == kBwdData) std::memset(x, 0, sizeof(float) * n * h * wd * c);
+    if (kind == kBwdWeights) std::memset(w, 0, sizeof(float) * kh * kw * c * o);
+    return ffi::Error::Success();
+  }
   try {
     const Entry& e = GetEntry(Key{n, h, wd, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, kind});
     auto& eng = Engine();
