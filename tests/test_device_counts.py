@@ -73,3 +73,24 @@ def test_quickstart_config_trains_the_same_on_1_and_8_devices(tmp_path):
       np.testing.assert_allclose(got[key], want[key], rtol=2e-5, atol=1e-6, err_msg=key)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                params_eight, params_one)
+
+
+def test_a_streaming_batch_the_devices_do_not_divide_trains_the_same(tmp_path):
+  """Synthetic streaming data (mnist/hinton.py's path), batch 20 on 8 devices (24 rows, 4
+  masked): losses and params equal the 1-device run."""
+  from test_training_stream import stream_config
+
+  runs = {}
+  for devices in (1, 8):
+    config = stream_config(batch_size=20, num_devices=devices, num_steps=4, log_every=2,
+                           steps_per_call=2, eval_every=4, checkpoint_every=4,
+                           **{"data.augment": "none"})
+    train_and_evaluate(config, str(tmp_path / str(devices)))
+    runs[devices] = ([json.loads(line) for line in (tmp_path / str(devices) /
+                                                    "metrics.jsonl").open()],
+                     load_variables(tmp_path / str(devices)))
+  for got, want in zip(runs[8][0], runs[1][0]):
+    for key in want:
+      np.testing.assert_allclose(got[key], want[key], rtol=2e-5, atol=1e-6, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               runs[8][1], runs[1][1])

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from kdjax import data as kd_data
-from kdjax.training._padding import local_rows, pad_indices
+from kdjax.training._padding import local_rows, pad_indices, pad_rows
 
 
 def load_training_inputs(config, splits, objective) -> tuple[np.ndarray, np.ndarray | None]:
@@ -80,17 +80,20 @@ STEP_KEYS = ("x", "y", "label_probs")  # what the train step reads of a streamin
 
 
 class _Select:
-  """A pipeline iterator that yields only ``keys`` (ids and masks stay on the host)."""
+  """A pipeline iterator that yields only ``keys`` (ids and masks stay on the host),
+  padded to ``rows`` with a ``mask`` when the devices do not divide the batch
+  (:func:`kdjax.training._padding.pad_rows`)."""
 
-  def __init__(self, iterator, keys):
-    self._it, self._keys = iterator, keys
+  def __init__(self, iterator, keys, rows: int = 0):
+    self._it, self._keys, self._rows = iterator, keys, rows
 
   def __iter__(self):
     return self
 
   def __next__(self):
     batch = next(self._it)
-    return {k: batch[k] for k in self._keys if k in batch}
+    batch = {k: batch[k] for k in self._keys if k in batch}
+    return pad_rows(batch, self._rows) if self._rows else batch
 
   def get_state(self):
     return self._it.get_state()
@@ -119,12 +122,13 @@ class StreamBatches:
 
   def __init__(self, pipeline, *, mesh, steps_per_call: int, prefetch: int, state=None):
     self.pipeline, self.mesh, self.prefetch = pipeline, mesh, prefetch
+    _, self.rows = local_rows(pipeline.meta["batch_size"], mesh)  # padded for the devices
     self._prefetcher = None
     self._start(state, steps_per_call)
 
   def _start(self, state, steps: int) -> None:
     self.steps = steps
-    iterator = _Select(self.pipeline.iterator(state), STEP_KEYS)
+    iterator = _Select(self.pipeline.iterator(state), STEP_KEYS, self.rows)
     self._prefetcher = kd_data.DevicePrefetcher(iterator, mesh=self.mesh, buffer_size=self.prefetch,
                                         steps_per_call=steps)
 

@@ -105,10 +105,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Data, models and objective.
   objective = losses.make_objective(config.losses)
   data = load_training_data(config, objective, eval_batch_size=eval_batch)
-  if data.streaming and config.batch_size % mesh.shape["data"]:  # padding: in-memory data only
-    raise ValueError(f"batch_size={config.batch_size} of a streaming run is not divisible by the "
-                     f"{mesh.shape['data']} devices of the data axis; use a multiple of "
-                     f"{mesh.shape['data']}")
   config = copy.deepcopy(config)
   config.num_steps = resolve_num_steps(config, data.train_size)
   model = _precision.with_compute_dtype(
