@@ -21,6 +21,7 @@ from kdjax import losses, metrics
 from kdjax.models import as_model, count_params, split_variables
 from kdjax.training import _checkpoint as ckpt
 from kdjax.training import _guards, _nonfinite
+from kdjax.training._fresh import FreshChunks
 from kdjax.training._optim import make_optimizer
 from kdjax.training._preemption import Preempted, PreemptionGuard
 from kdjax.training._state import TrainState
@@ -57,13 +58,15 @@ def _check_same_run(workdir: pathlib.Path, run_info: dict) -> None:
 def _load_training_inputs(config, splits, objective) -> tuple[np.ndarray, np.ndarray | None]:
   """Training inputs and labels; with a transfer set, the inputs only (unlabelled)."""
   x, y = splits["train"]["x"], splits["train"]["y"]
-  if not config.transfer.num_samples:
+  if not config.transfer.num_samples and not config.transfer.fresh:
     return x, y
   if config.data.name != "mnist1d":
     raise ValueError(f"A generated transfer set exists for mnist1d only, not {config.data.name!r}")
   if objective.needs_labels:
     raise ValueError("config.transfer adds unlabelled inputs, but the objective needs labels "
                      "(set hinton_kd alpha=1 or config.transfer.num_samples=0)")
+  if config.transfer.fresh:  # new inputs every step: kdjax.training._fresh
+    return x, None
   transfer = kd_data.load_mnist1d_transfer(num_samples=config.transfer.num_samples,
                                            seed=config.transfer.seed)
   return np.concatenate([x, transfer["x"]]), None
@@ -144,6 +147,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                         weights=config.teacher.weights,
                                         temperature=config.teacher.fusion_temperature)
 
+  fresh = None
+  if config.transfer.fresh:  # targets per chunk (host, batched) unless the teacher is in the step
+    fresh = FreshChunks(config, groups if teacher_cache is not None else None)
+
   run_info = {"model": config.model.to_dict(), "num_classes": num_classes,
               "data": config.data.name}
   _check_same_run(workdir, run_info)
@@ -195,6 +202,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_batch = max(config.eval_batch_size // mesh.size, 1) * mesh.size
 
   def chunk_batches(step: int, num: int):
+    if fresh is not None:
+      ahead = min(config.log_every, config.num_steps - step - num)
+      return kd_data.shard_batch(fresh.chunk(step, num, ahead), mesh, batch_axis=1)
     idx = kd_data.batch_indices(len(train_x), batch_size=config.batch_size, start_step=step,
                                 num_steps=num, seed=config.seed)
     idx = kd_data.host_slice(idx)
