@@ -10,9 +10,11 @@ instead, with the targets computed per chunk).
 Launch (members trained as in member_cnn.py, seeds 0-9):
   kdjax train --config configs/mnist1d/kd_ensemble10_to_mlp.py --workdir runs/kd_ens10 \
       --config.teacher.workdir=runs/members/cnn0,runs/members/cnn1,...,runs/members/cnn9
+The benchmark (benchmarks/mnist1d_above_teacher.py, README.md section "The MLP above its
+teacher ensemble") draws the second 100,000 inputs from kdjax.data.FreshMNIST1D, the same
+generator, and trains the student with the trainer's cached-target step.
 Expected (measured, one place): benchmarks/results/mnist1d_above_teacher.json, row
-"10 CNNs, 100k pool + 100k fresh inputs" (the benchmark draws the second 100,000 inputs from
-kdjax.data.FreshMNIST1D, the same generator; README.md "The MLP above its teacher ensemble").
+"10 CNNs, 100k pool + 100k fresh inputs".
 Args: "smoke".
 """
 
