@@ -14,7 +14,7 @@ batch 100):
 Teacher members are ``kdjax train`` runs of ``configs/mnist1d/member_cnn.py`` (members 0-4
 use the demo's seeds ``5 * seed + i``, members 5-14 seeds ``1000 + 10 * seed + i``) under
 ``--members`` (trained when missing, reused otherwise). The fused teacher targets of every
-(seed, teacher, inputs) are computed once (``kdjax.training._teacher.teacher_log_probs``,
+(seed, teacher, inputs) are computed once (``kdjax.training.teacher_log_probs``,
 the trainer's own cache function) and kept as ``.npy`` under ``--cache``; the students are
 trained by the same ``lax.scan`` chunked update the trainer runs with cached targets
 (kdjax's MLP, optimizer and ``hinton_kd``), in this one process, so that a 3-seed table
@@ -62,11 +62,12 @@ def teacher_targets(dirs, x: np.ndarray, cache: pathlib.Path, key: str, config) 
   r"""Fused teacher log-probabilities of ``x`` (``prob`` fusion at ``fusion_temperature``
   :math:`\tau`, as the trainer caches them: :math:`\tau \log \bar p_\tau`).
 
-  Members are evaluated in blocks of five (``kdjax.training._teacher.teacher_log_probs``),
+  Members are evaluated in blocks of five (``kdjax.training.teacher_log_probs``),
   each block cached as ``cache/key_b<k>.npy``; equal blocks combine exactly,
   :math:`\bar p_\tau = \frac1K \sum_k \bar p_{\tau,k}`, so ten members reuse the first
   five's targets."""
-  from kdjax.training._teacher import load_teacher_groups, teacher_log_probs
+  from kdjax.training import teacher_log_probs
+  from kdjax.training._teacher import load_teacher_groups
 
   t = config.teacher.copy_and_resolve_references()
   if t.fusion != "prob" or t.weights or len(dirs) % 5:
@@ -190,7 +191,8 @@ def main():
 def input_costs(members: pathlib.Path, repeats: int = 20) -> dict:
   """Host cost of fresh inputs per step of 100: generating them (:class:`FreshMNIST1D`) and
   the five-CNN teacher's targets for them (batched over 1,000 inputs), in ms, with the load."""
-  from kdjax.training._teacher import load_teacher_groups, teacher_log_probs
+  from kdjax.training import teacher_log_probs
+  from kdjax.training._teacher import load_teacher_groups
 
   stream = kd_data.FreshMNIST1D(0, 100)
   stream.batch(0)  # templates and standardisation constants, once

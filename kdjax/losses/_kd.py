@@ -178,14 +178,33 @@ def _select_rows(valid: jax.Array, axis: int, *arrays: jax.Array) -> tuple[jax.A
   return tuple(jnp.where(keep, a, jnp.zeros((), a.dtype)) for a in arrays)
 
 
+def _smoothing(fn: str, label_smoothing: Any) -> Any:
+  """Checks a concrete ``label_smoothing`` is in ``[0, 1]``; returns it (traced: as is)."""
+  if not isinstance(label_smoothing, jax.core.Tracer):
+    eps = np.asarray(label_smoothing)
+    if eps.shape != () or not (0 <= float(eps) <= 1):
+      raise ValueError(f"{fn}: label_smoothing must be a number in [0, 1], got "
+                       f"{label_smoothing!r}")
+  return label_smoothing
+
+
+def _is_zero(x: Any) -> bool:
+  return not isinstance(x, jax.core.Tracer) and bool(np.all(np.asarray(x) == 0))
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int = -1,
-                  where: jax.Array | None = None) -> jax.Array:
-  r"""Softmax cross-entropy with integer labels, per example.
+                  where: jax.Array | None = None,
+                  label_smoothing: float | jax.Array = 0.0) -> jax.Array:
+  r"""Softmax cross-entropy with integer labels, per example, optionally label-smoothed.
 
   .. math::
-    -\log \mathrm{softmax}(z)_y \quad (0 \text{ when } y \notin [0, C))
+    -\sum_c q_c \log \mathrm{softmax}(z)_c, \qquad
+    q = (1 - \epsilon)\,\mathrm{onehot}(y) + \epsilon / C
 
-  Computed by ``optax.losses.softmax_cross_entropy_with_integer_labels``. This is the one
+  (:math:`-\log \mathrm{softmax}(z)_y` when :math:`\epsilon = 0`; 0 when
+  :math:`y \notin [0, C)`). Computed by
+  ``optax.losses.softmax_cross_entropy_with_integer_labels`` (and ``optax.smooth_labels``
+  + ``optax.losses.softmax_cross_entropy`` when :math:`\epsilon > 0`). This is the one
   NLL of kdjax: :func:`kdjax.metrics.nll` and the fusion fits average it.
 
   Args:
@@ -194,7 +213,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int = -1,
       ``-100`` padding) marks an ignored row: its loss is 0 and it gets no gradient.
     axis: the class axis.
     where: optional boolean class mask broadcastable to ``logits.shape``; masked classes
-      are excluded from the softmax. A row whose label's class is masked is ignored.
+      are excluded from the softmax (and :math:`C` counts the kept classes). A row whose
+      label's class is masked is ignored.
+    label_smoothing: :math:`\epsilon \in [0, 1]` (Szegedy et al. 2016).
 
   Returns:
     ``[...]`` per-example losses, float32 (or float64 for float64 logits).
@@ -207,8 +228,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int = -1,
 
   References:
     Goodfellow, Bengio & Courville, "Deep Learning", 2016, section 6.2.2.3.
+    Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016
+    (label smoothing).
   """
   fn = "cross_entropy"
+  label_smoothing = _smoothing(fn, label_smoothing)
   logits = _checks.check_floating("logits", fn, logits)
   _checks.check_min_rank(fn, "logits", logits, 1)
   axis = axis % logits.ndim
@@ -218,29 +242,115 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int = -1,
     valid = valid & _take(where, labels, axis)
     logits = jnp.where(where, logits, 0)
   (logits,) = _select_rows(valid, axis, logits.astype(_checks.compute_dtype(logits)))
-  loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels, axis=axis,
-                                                                where=where)
+  if _is_zero(label_smoothing):
+    loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels, axis=axis,
+                                                                  where=where)
+  else:
+    onehot = jnp.moveaxis(jax.nn.one_hot(labels, logits.shape[axis], dtype=logits.dtype),
+                          -1, axis)
+    loss = _soft_ce(logits, onehot, axis, where, label_smoothing)
+  return jnp.where(valid, loss, 0)
+
+
+def _soft_ce(logits: jax.Array, probs: jax.Array, axis: int, where: jax.Array | None,
+             label_smoothing: Any) -> jax.Array:
+  if not _is_zero(label_smoothing):
+    probs = optax.smooth_labels(probs, jnp.asarray(label_smoothing, probs.dtype), axis=axis,
+                                where=where)
+  return optax.losses.softmax_cross_entropy(logits, probs, axis=axis, where=where)
+
+
+def soft_cross_entropy(logits: jax.Array, label_probs: jax.Array, *, axis: int = -1,
+                       where: jax.Array | None = None,
+                       label_smoothing: float | jax.Array = 0.0) -> jax.Array:
+  r"""Softmax cross-entropy against a target distribution (soft labels), per example.
+
+  .. math::
+    -\sum_c q_c \log \mathrm{softmax}(z)_c, \qquad q = (1 - \epsilon)\,p + \epsilon / C
+
+  For mixup's targets :math:`p = \lambda\,\mathrm{onehot}(a) + (1-\lambda)\,
+  \mathrm{onehot}(b)` this is :math:`\lambda\,\mathrm{CE}(z, a) + (1-\lambda)\,
+  \mathrm{CE}(z, b)`; a one-hot :math:`p` gives :func:`cross_entropy`. Computed by
+  ``optax.losses.softmax_cross_entropy`` (after ``optax.smooth_labels`` when
+  :math:`\epsilon > 0`). The rows of :math:`p` should sum to 1 (not checked: the values
+  may be traced).
+
+  Args:
+    logits: ``[..., C]`` float logits.
+    label_probs: ``[..., C]`` float target probabilities, same shape as ``logits``.
+    axis: the class axis.
+    where: optional boolean class mask broadcastable to ``logits.shape``; masked classes
+      are excluded from the softmax and from the sum.
+    label_smoothing: :math:`\epsilon \in [0, 1]`.
+
+  Returns:
+    ``[...]`` per-example losses, float32 (or float64 for float64 inputs).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax.losses import soft_cross_entropy
+    >>> soft_cross_entropy(jnp.zeros((1, 4)), jnp.array([[0.5, 0.5, 0.0, 0.0]]))
+    Array([1.3862944], dtype=float32)
+
+  References:
+    Zhang, Cisse, Dauphin & Lopez-Paz, "mixup: Beyond Empirical Risk Minimization",
+    ICLR 2018.
+  """
+  fn = "soft_cross_entropy"
+  label_smoothing = _smoothing(fn, label_smoothing)
+  logits = _checks.check_floating("logits", fn, logits)
+  probs = _checks.check_floating("label_probs", fn, label_probs)
+  _checks.check_same_shape(fn, "logits", logits, "label_probs", probs)
+  _checks.check_min_rank(fn, "logits", logits, 1)
+  axis = axis % logits.ndim
+  dtype = _checks.compute_dtype(logits, probs)
+  logits, probs = logits.astype(dtype), probs.astype(dtype)
+  if where is not None:
+    where = _checks.check_where(fn, where, logits.shape, "logits")
+    logits, probs = jnp.where(where, logits, 0), jnp.where(where, probs, 0)
+  return _soft_ce(logits, probs, axis, where, label_smoothing)
+
+
+def cross_entropy_term(logits: jax.Array, labels: jax.Array | None,
+                          label_probs: jax.Array | None = None, *,
+                          label_smoothing: float | jax.Array = 0.0) -> jax.Array:
+  """The ``cross_entropy`` term of :func:`kdjax.losses.make_objective`: soft targets
+  ``label_probs`` when given (rows with an ignored label, when ``labels`` is also given,
+  give 0), else integer ``labels``."""
+  if label_probs is None:
+    return cross_entropy(logits, labels, label_smoothing=label_smoothing)
+  if labels is None:
+    return soft_cross_entropy(logits, label_probs, label_smoothing=label_smoothing)
+  labels, valid = _checks.check_labels("cross_entropy", logits, labels, -1)
+  logits, label_probs = _select_rows(valid, -1, jnp.asarray(logits), jnp.asarray(label_probs))
+  loss = soft_cross_entropy(logits, label_probs, label_smoothing=label_smoothing)
   return jnp.where(valid, loss, 0)
 
 
 def hinton_kd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array | None,
-              *, temperature: float | jax.Array, alpha: float | jax.Array) -> jax.Array:
+              label_probs: jax.Array | None = None, *, temperature: float | jax.Array,
+              alpha: float | jax.Array, label_smoothing: float | jax.Array = 0.0) -> jax.Array:
   r"""Hinton et al.'s distillation loss: soft-target KL mixed with hard-label CE.
 
   .. math::
     \alpha \, T^2 \, \mathrm{KL}\big(\mathrm{softmax}(t/T) \,\|\, \mathrm{softmax}(s/T)\big)
-    + (1 - \alpha) \, \mathrm{CE}(s, y)
+    + (1 - \alpha) \, \mathrm{CE}(s, q)
 
-  The cross-entropy uses the untempered student logits.
+  The cross-entropy uses the untempered student logits, against the target distribution
+  :math:`q`: the one-hot label, or ``label_probs`` (e.g. mixup's) when given, smoothed
+  by :math:`\epsilon` = ``label_smoothing`` (:func:`soft_cross_entropy`).
 
   Args:
     student_logits: ``[..., C]`` float logits (class axis last).
     teacher_logits: ``[..., C]`` float logits, same shape.
     labels: ``[...]`` integer labels; a label outside ``[0, C)`` ignores its row (loss 0,
-      no gradient, also in the soft term). May be ``None`` only when ``alpha == 1``
-      (pure distillation of every row).
+      no gradient, also in the soft term). May be ``None`` when ``alpha == 1`` (pure
+      distillation of every row) or when ``label_probs`` is given (every row is used).
+    label_probs: optional ``[..., C]`` target probabilities for the hard part, used
+      instead of one-hot ``labels``.
     temperature: :math:`T > 0`.
     alpha: weight of the soft-target term, usually in ``[0, 1]``.
+    label_smoothing: :math:`\epsilon \in [0, 1]` for the hard part.
 
   Returns:
     ``[...]`` per-example losses, float32 (or float64 for float64 inputs).
@@ -257,21 +367,29 @@ def hinton_kd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.
   """
   fn = "hinton_kd"
   concrete_one = not isinstance(alpha, jax.core.Tracer) and bool(np.all(np.asarray(alpha) == 1))
-  if labels is None:
+  if labels is None and (label_probs is None or concrete_one):
     if not concrete_one:
-      raise ValueError(f"{fn}: labels is None, which is only allowed when alpha == 1 (pure "
-                       f"distillation), got alpha={alpha!r}")
+      raise ValueError(f"{fn}: labels and label_probs are None, which is only allowed when "
+                       f"alpha == 1 (pure distillation), got alpha={alpha!r}")
     return soft_target_kl(student_logits, teacher_logits, temperature=temperature)
   s = _checks.check_floating("student_logits", fn, student_logits)
   t = _checks.check_floating("teacher_logits", fn, teacher_logits)
   _checks.check_same_shape(fn, "student_logits", s, "teacher_logits", t)
   _checks.check_min_rank(fn, "student_logits", s, 1)
-  labels, valid = _checks.check_labels(fn, s, labels, -1)
+  if labels is None:
+    valid = jnp.ones(s.shape[:-1], jnp.bool_)
+  else:
+    labels, valid = _checks.check_labels(fn, s, labels, -1)
   s, t = _select_rows(valid, -1, s, t)
   soft = soft_target_kl(s, t, temperature=temperature)
   if not concrete_one:
+    if label_probs is None:
+      hard = cross_entropy(s, labels, label_smoothing=label_smoothing)
+    else:
+      (label_probs,) = _select_rows(valid, -1, jnp.asarray(label_probs))
+      hard = soft_cross_entropy(s, label_probs, label_smoothing=label_smoothing)
     alpha = jnp.asarray(alpha, soft.dtype)
-    soft = alpha * soft + (1 - alpha) * cross_entropy(s, labels)
+    soft = alpha * soft + (1 - alpha) * hard
   return jnp.where(valid, soft, 0)
 
 

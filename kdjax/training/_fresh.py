@@ -17,48 +17,52 @@ from kdjax import data as kd_data
 
 
 class FreshChunks:
-  """Host blocks ``{"x": [num, B, 40]}`` (plus ``"teacher_logits": [num, B, C]`` when the
-  teacher is not in the step) for steps ``start .. start + num - 1``.
+  """``chunk(step, num)``: device-placed ``{"x": [num, B, 40]}`` blocks of fresh inputs (plus
+  ``"teacher_logits": [num, B, C]`` when the teacher is not in the step), this host's slice
+  of each global batch, like :class:`kdjax.training._inputs.InMemoryBatches`.
 
   Args:
-    config: the training config (``transfer.seed``, ``batch_size``, ``teacher.*``).
-    groups: teacher groups to compute targets with, or ``None`` (an online teacher).
+    config: the training config (``transfer.seed``, ``batch_size``, ``log_every``,
+      ``num_steps``, ``teacher.*``).
+    teachers: the :class:`~kdjax.training._teacher_setup.Teachers` of the run; targets are
+      computed here when it has cached ones (``teachers.cache`` is not ``None``).
+    mesh: the data mesh.
   """
 
-  def __init__(self, config, groups=None):
+  def __init__(self, config, teachers, *, mesh):
     if config.data.name != "mnist1d":
       raise ValueError(f"config.transfer.fresh generates MNIST-1D inputs; data.name is "
                        f"{config.data.name!r}")
     self.stream = kd_data.FreshMNIST1D(config.transfer.seed, config.batch_size)
-    self.config, self.groups = config, groups
+    self.config, self.mesh = config, mesh
+    self.groups = teachers.groups if teachers.cache is not None else None
     self._pool = concurrent.futures.ThreadPoolExecutor(1)
     self._ahead: tuple[tuple[int, int], concurrent.futures.Future] | None = None
 
   def _build(self, start: int, num: int) -> dict[str, np.ndarray]:
-    x = self.stream.chunk(start, num)
-    x = x[:, kd_data.host_slice(np.arange(x.shape[1]))]  # this host's share of each batch
-    block = {"x": x}
+    x = self.stream.chunk(start, num)  # the global batches, [num, B, 40]
+    mine = kd_data.host_slice(np.arange(x.shape[1]))
+    block = {"x": x[:, mine]}
     if self.groups is not None:
-      from kdjax.training._teacher import teacher_log_probs
+      from kdjax.training._teacher_cache import teacher_targets
+      from kdjax.training._teacher_prepare import fusion_weights
 
       t = self.config.teacher
-      flat = teacher_log_probs(self.groups, x.reshape(-1, x.shape[-1]), space=t.fusion,
-                               weights=t.weights, temperature=t.fusion_temperature)
-      block["teacher_logits"] = np.asarray(flat).reshape(x.shape[0], x.shape[1], -1)
+      flat = teacher_targets(self.groups, x.reshape(-1, x.shape[-1]), mesh=self.mesh,
+                             space=t.fusion, weights=fusion_weights(t, self.groups),
+                             temperature=t.fusion_temperature,
+                             strategy=t.get("member_strategy", "auto"))
+      block["teacher_logits"] = flat.reshape(x.shape[0], x.shape[1], -1)[:, mine]
     return block
 
-  def chunk(self, start: int, num: int, next_num: int = 0) -> dict[str, np.ndarray]:
-    """The block for ``start``; starts building the one for ``start + num`` (``next_num``
-    steps) in the background."""
-    if self._ahead is not None and self._ahead[0] == (start, num):
+  def chunk(self, step: int, num: int) -> dict:
+    """Steps ``step .. step + num - 1``; starts preparing the next chunk in the background."""
+    if self._ahead is not None and self._ahead[0] == (step, num):
       block = self._ahead[1].result()
     else:
-      block = self._build(start, num)
+      block = self._build(step, num)
     self._ahead = None
-    if next_num:
-      self._ahead = ((start + num, next_num),
-                     self._pool.submit(self._build, start + num, next_num))
-    return block
-
-  def close(self) -> None:
-    self._pool.shutdown(wait=True, cancel_futures=True)
+    ahead = min(self.config.log_every, self.config.num_steps - step - num)
+    if ahead > 0:
+      self._ahead = ((step + num, ahead), self._pool.submit(self._build, step + num, ahead))
+    return kd_data.shard_batch(block, self.mesh, batch_axis=1)

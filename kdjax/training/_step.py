@@ -44,7 +44,8 @@ def frozen_teacher_apply(teacher: Any, features=()) -> TeacherApply:
 
 def make_train_chunk(*, model: Any, objective: losses.Objective,
                      tx: optax.GradientTransformation,
-                     teacher_apply: TeacherApply | None = None) -> Callable:
+                     teacher_apply: TeacherApply | None = None,
+                     state_shardings: Any = None) -> Callable:
   """Builds ``train_chunk(state, batches, teacher_variables) -> (state, metrics)``.
 
   Args:
@@ -58,6 +59,10 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
     teacher_apply: ``(teacher_variables, x) -> (logits, features)`` for a teacher run
       inside the step (online), e.g. :func:`frozen_teacher_apply`. ``None`` when teacher
       logits come cached in ``batches["teacher_logits"]`` or no teacher is needed.
+    state_shardings: optional ``NamedSharding`` pytree of the state
+      (:func:`kdjax.training._sharding.state_shardings`): every step's new state is
+      constrained to it, so sharded params and optimizer state stay sharded (XLA's
+      propagation alone may return them replicated).
 
   The returned function is jitted with the state donated. ``batches`` holds
   ``"x": [K, B, ...]`` and optionally ``"y": [K, B]`` and
@@ -112,12 +117,17 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
     model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), model_state,
                                state.model_state)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         model_state=model_state), metrics
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                          model_state=model_state)
+    if state_shardings is not None:
+      state = jax.lax.with_sharding_constraint(state, state_shardings)
+    return state, metrics
 
   def train_chunk(state: TrainState, batches: Batch, teacher_variables=None):
     state, metrics = jax.lax.scan(lambda s, b: train_step(s, b, teacher_variables), state,
                                   batches)
+    if state_shardings is not None:  # the chunk's output too, not only the scan's carry
+      state = jax.lax.with_sharding_constraint(state, state_shardings)
     return state, summarize_chunk(metrics)  # means + health (kdjax.training._nonfinite)
 
   return jax.jit(train_chunk, donate_argnums=0)
