@@ -38,20 +38,40 @@ class FreshChunks:
     self.groups = teachers.groups if teachers.cache is not None else None
     self._pool = concurrent.futures.ThreadPoolExecutor(1)
     self._ahead: tuple[tuple[int, int], concurrent.futures.Future] | None = None
+    self._program = None  # the teacher's jitted targets function, built once
+
+  def _targets(self, x: np.ndarray) -> np.ndarray:
+    """Fused teacher targets ``[N, C]`` of global inputs ``x`` in batches of
+    ``eval_batch_size`` (the last one zero-padded), one compiled program for the run."""
+    import jax
+
+    from kdjax.training._teacher_cache import targets_program
+    from kdjax.training._teacher_prepare import fusion_weights
+
+    if self._program is None:
+      t = self.config.teacher
+      self._program = targets_program(
+          self.groups, mesh=self.mesh, space=t.fusion, weights=fusion_weights(t, self.groups),
+          temperature=t.fusion_temperature, strategy=t.get("member_strategy", "auto"))
+    run, variables, sharded = self._program
+    devices = self.mesh.shape["data"]
+    batch = max(self.config.eval_batch_size // devices, 1) * devices
+    out = []
+    for start in range(0, len(x), batch):
+      xb = x[start:start + batch]
+      rows = len(xb)
+      if rows < batch:
+        xb = np.concatenate([xb, np.zeros((batch - rows, *xb.shape[1:]), xb.dtype)])
+      xb = jax.make_array_from_callback(xb.shape, sharded, lambda index, xb=xb: xb[index])
+      out.append(np.asarray(run(variables, xb), np.float32)[:rows])
+    return np.concatenate(out)
 
   def _build(self, start: int, num: int) -> dict[str, np.ndarray]:
     x = self.stream.chunk(start, num)  # the global batches, [num, B, 40]
     mine = kd_data.host_slice(np.arange(x.shape[1]))
     block = {"x": x[:, mine]}
     if self.groups is not None:
-      from kdjax.training._teacher_cache import teacher_targets
-      from kdjax.training._teacher_prepare import fusion_weights
-
-      t = self.config.teacher
-      flat = teacher_targets(self.groups, x.reshape(-1, x.shape[-1]), mesh=self.mesh,
-                             space=t.fusion, weights=fusion_weights(t, self.groups),
-                             temperature=t.fusion_temperature,
-                             strategy=t.get("member_strategy", "auto"))
+      flat = self._targets(x.reshape(-1, x.shape[-1]))
       block["teacher_logits"] = flat.reshape(x.shape[0], x.shape[1], -1)[:, mine]
     return block
 
