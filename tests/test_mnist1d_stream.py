@@ -95,3 +95,20 @@ def test_kd_ensemble10_config_smoke(teacher_dir, tmp_path):
   summary = train_and_evaluate(c, str(tmp_path / "w"))
   assert summary["steps"] == 40 and summary["teacher_test"]["members"] == 10
   assert np.isfinite(summary["test"]["nll"])
+
+
+def test_fresh_inputs_with_the_teacher_in_the_step_equal_per_chunk_targets(teacher_dir, tmp_path):
+  """teacher.cache=False (teacher in the compiled step) and the per-chunk host targets train
+  the same student on the same fresh inputs."""
+  from kdjax.training import load_params
+
+  params = []
+  for cache in (True, False):
+    c = load_config("mnist1d/kd_cnn_to_mlp.py", "smoke",
+                    {"progress_bar": False, "teacher.workdir": str(teacher_dir),
+                     "teacher.cache": cache, "num_steps": 20})
+    c.transfer.fresh = True
+    assert train_and_evaluate(c, str(tmp_path / str(cache)))["steps"] == 20
+    params.append(load_params(str(tmp_path / str(cache))))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4,
+                                                      atol=1e-5), *params)
