@@ -10,6 +10,8 @@ from kdjax.data._cache import data_dir as data_dir
 from kdjax.data._digits import load_digits as load_digits
 from kdjax.data._mnist1d import load_mnist1d as load_mnist1d
 from kdjax.data._mnist1d import load_mnist1d_transfer as load_mnist1d_transfer
+from kdjax.data._mnist1d_stream import FreshMNIST1D as FreshMNIST1D
+from kdjax.data._mnist1d_stream import mnist1d_transform_batch as mnist1d_transform_batch
 from kdjax.data._registry import DATASETS as DATASETS
 from kdjax.data._registry import load_dataset as load_dataset
 from kdjax.data._augment import AUGMENTATIONS as AUGMENTATIONS

@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.transfer = ml_collections.ConfigDict()
   c.transfer.num_samples = 0
   c.transfer.seed = 1
+  c.transfer.fresh = False     # True: new generated inputs every step (kdjax.data.FreshMNIST1D)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"

@@ -25,13 +25,15 @@ from kdjax.training._padding import local_rows, pad_indices, pad_rows
 def load_training_inputs(config, splits, objective) -> tuple[np.ndarray, np.ndarray | None]:
   """Training inputs and labels; with a transfer set, the inputs only (unlabelled)."""
   x, y = splits["train"]["x"], splits["train"]["y"]
-  if not config.transfer.num_samples:
+  if not config.transfer.num_samples and not config.transfer.fresh:
     return x, y
   if config.data.name != "mnist1d":
     raise ValueError(f"A generated transfer set exists for mnist1d only, not {config.data.name!r}")
   if objective.needs_labels:
     raise ValueError("config.transfer adds unlabelled inputs, but the objective needs labels "
                      "(set hinton_kd alpha=1 or config.transfer.num_samples=0)")
+  if config.transfer.fresh:  # new inputs every step: kdjax.training._fresh.FreshChunks
+    return x, None
   transfer = kd_data.load_mnist1d_transfer(num_samples=config.transfer.num_samples,
                                            seed=config.transfer.seed)
   return np.concatenate([x, transfer["x"]]), None

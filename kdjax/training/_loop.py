@@ -28,6 +28,7 @@ from kdjax.models import count_params
 from kdjax.training import _checkpoint as ckpt
 from kdjax.training import _distributed, _guards, _nonfinite, _padding, _precision, _sharding
 from kdjax.training._evaluate import evaluate_all
+from kdjax.training._fresh import FreshChunks
 from kdjax.training._init import init_train_state
 from kdjax.training._inputs import load_training_data, make_batches
 from kdjax.training._metrics_log import (MetricsLog, make_progress_bar, merge_calls,
@@ -155,6 +156,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   predict = make_predict(model)
   inputs = make_batches(data, config, mesh=mesh, teacher_cache=teachers.cache, state=data_state)
   per_call = config.steps_per_call or config.log_every
+  if config.transfer.fresh:  # new generated inputs every step (kdjax.training._fresh)
+    inputs.close()
+    inputs = FreshChunks(config, teachers, mesh=mesh)
 
   bar = make_progress_bar(total=config.num_steps, initial=start_step,
                           enabled=config.progress_bar, desc=workdir.name)
