@@ -30,6 +30,7 @@ CIFAR resnet56 -> resnet20, batch 64; W4 resnet32x4 -> resnet8x4, batch 64 (100 
   python benchmarks/step_speed.py                       # all workloads, about 5 min quiet
   python benchmarks/step_speed.py --workloads W1_b128 W1_b1024 --reps 7
   python benchmarks/step_speed.py --quick --out-dir /tmp/x   # smoke test, tiny sizes
+  python benchmarks/step_speed.py --workloads W2 --no-torch --profile /tmp/trace  # a trace
 
 Writes ``step_speed.{json,md,png}`` to ``benchmarks/results/`` (or ``--out-dir``).
 """
@@ -215,6 +216,8 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true",
                       help="smoke test: tiny models, chunk 2, 2 rounds")
   parser.add_argument("--out-dir", default=_bench.RESULTS_DIR)
+  parser.add_argument("--profile", default="",
+                      help="write a jax.profiler trace of one kdjax block per impl here")
   args = parser.parse_args(argv)
   table_of = QUICK if args.quick else WORKLOADS
   if args.quick:
@@ -240,6 +243,10 @@ def main(argv=None):
     cands, flops = kdjax_candidates(w, args.chunk, block, impls)
     if torch is not None:
       cands.update(torch_candidates(w, block, impls))
+    if args.profile:  # one extra block of each kdjax impl, traced (TensorBoard/Perfetto)
+      for impl in [k for k in cands if k.startswith("kdjax")]:
+        with jax.profiler.trace(os.path.join(args.profile, f"{name}_{impl}")):
+          cands[impl]()
     timed = _bench.interleaved(cands, args.reps)
     loads += timed["load"]
     sec = timed["seconds"]
