@@ -77,7 +77,6 @@ def test_teacher_cache_quick_same_accuracy(tmp_path):
   _outputs(tmp_path, "teacher_cache")
 
 
-@pytest.mark.slow
 def test_gpu_check_cpu_smoke(tmp_path):
   env = {**os.environ, "PYTHON": sys.executable}
   env.pop("XLA_FLAGS", None)
