@@ -84,36 +84,33 @@ def paired_ratio(num_seconds, den_seconds) -> dict:
   return spread(np.asarray(den_seconds) / np.asarray(num_seconds))
 
 
-def jax_matmul_gflops(n: int = 2048, calls: int = 5) -> float:
-  """float32 ``[n, n] @ [n, n]`` rate of XLA on the default device, GFLOP/s (best of 3)."""
+def matmul_blocks(n: int, calls: int, with_torch: bool) -> tuple[dict, float]:
+  """``({"matmul_jax": run, ["matmul_torch": run]}, flops of one block)``: float32
+  ``[n, n] @ [n, n]`` ``calls`` times, to time *inside* the interleaved rounds so the matmul
+  rate sees the same load as the steps it is compared with."""
   import jax
   import jax.numpy as jnp
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(3):
-    t0 = time.perf_counter()
-    for _ in range(calls):
-      f(a).block_until_ready()
-    best = min(best, (time.perf_counter() - t0) / calls)
-  return 2 * n ** 3 / best / 1e9
 
-
-def torch_matmul_gflops(n: int = 2048, calls: int = 5) -> float | None:
-  """float32 matmul rate of PyTorch on the CPU, GFLOP/s (best of 3); None without torch."""
-  torch = torch_or_none()
-  if torch is None:
-    return None
-  a = torch.randn(n, n)
-  a @ a
-  best = float("inf")
-  for _ in range(3):
-    t0 = time.perf_counter()
+  def run_jax():
     for _ in range(calls):
-      a @ a
-    best = min(best, (time.perf_counter() - t0) / calls)
-  return 2 * n ** 3 / best / 1e9
+      out = f(a)
+    out.block_until_ready()
+
+  blocks = {"matmul_jax": run_jax}
+  torch = torch_or_none() if with_torch else None
+  if torch is not None:
+    t = torch.randn(n, n)
+
+    def run_torch():
+      for _ in range(calls):
+        t @ t
+
+    run_torch()
+    blocks["matmul_torch"] = run_torch
+  return blocks, 2.0 * n ** 3 * calls
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

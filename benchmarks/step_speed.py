@@ -22,7 +22,8 @@ Timing: see ``benchmarks/_bench.py`` (compile + warm-up first, interleaved block
 to torchdistill -- to plain PyTorch when torchdistill is absent --, the load before and
 after every round). GFLOP/s: XLA's ``cost_analysis()`` FLOPs of the compiled one-step
 program (the same count is used for PyTorch, which computes the same math), as a fraction
-of each framework's float32 2048^3 matmul rate measured in the same run.
+of each framework's float32 1024^3 matmul rate, timed as one more block in the same
+interleaved rounds (so it sees the same load as the steps).
 
 Workloads: W1 Hinton MLPs 784-1200-1200-10 -> 784-800-800-10 at batch 128 and 1024; W2
 CIFAR resnet56 -> resnet20, batch 64; W4 resnet32x4 -> resnet8x4, batch 64 (100 classes).
@@ -232,10 +233,8 @@ def main(argv=None):
   if torch is not None:
     torch.set_num_threads(os.cpu_count())
   load0 = os.getloadavg()
-  mm_n = 256 if args.quick else 2048
-  rates = {"jax_matmul_gflops": _bench.jax_matmul_gflops(mm_n),
-           "torch_matmul_gflops": _bench.torch_matmul_gflops(mm_n) if torch else None}
-  rows, loads = [], []
+  mm_n, mm_calls = (256, 2) if args.quick else (1024, 10)
+  rows, loads, rate_log = [], [], []
   for name in names:
     w = table_of[name]
     conv = len(w["shape"]) == 3
@@ -243,6 +242,8 @@ def main(argv=None):
     cands, flops = kdjax_candidates(w, args.chunk, block, impls)
     if torch is not None:
       cands.update(torch_candidates(w, block, impls))
+    mm_blocks, mm_flops = _bench.matmul_blocks(mm_n, mm_calls, torch is not None)
+    cands.update(mm_blocks)
     if args.profile:  # one extra block of each kdjax impl, traced (TensorBoard/Perfetto)
       for impl in [k for k in cands if k.startswith("kdjax")]:
         with jax.profiler.trace(os.path.join(args.profile, f"{name}_{impl}")):
@@ -250,6 +251,11 @@ def main(argv=None):
     timed = _bench.interleaved(cands, args.reps)
     loads += timed["load"]
     sec = timed["seconds"]
+    rates = {f"{k[len('matmul_'):]}_matmul_gflops":
+             mm_flops / float(np.median(sec.pop(k))) / 1e9
+             for k in list(sec) if k.startswith("matmul_")}
+    rates.setdefault("torch_matmul_gflops", None)
+    rate_log.append({"workload": name, **rates})
     base = "torchdistill" if "torchdistill" in sec else ("torch" if "torch" in sec else None)
     for impl, ts in sec.items():
       per_step = np.asarray(ts) / block
@@ -259,14 +265,15 @@ def main(argv=None):
       row = {"workload": name, "impl": impl, "batch": w["batch"], "block_steps": block,
              "samples_per_s": sps, "step_ms": float(np.median(per_step)) * 1e3,
              "step_gflop": flops / 1e9, "gflops": gflops,
-             "fraction_of_matmul": gflops / rate if rate else None,
+             "fraction_of_matmul": gflops / rate if rate else None, **rates,
              "load": timed["load"]}
       if base:
         row["vs"] = base
         row["ratio"] = _bench.paired_ratio(ts, sec[base])
       rows.append(row)
   meta = _bench.machine_meta(load=[tuple(load0[:1]) * 2] + loads, chunk=args.chunk,
-                             reps=args.reps, quick=args.quick, **rates)
+                             reps=args.reps, quick=args.quick, matmul_n=mm_n,
+                             matmul_rates=rate_log)
   header = ["workload", "impl", "samples/s median (p25-p75)", "step ms", "ratio (p25-p75)",
             "GFLOP/s", "of matmul"]
   body = []
@@ -279,9 +286,10 @@ def main(argv=None):
     body.append([f"{r['workload']} (load {min(lo):.1f}-{max(lo):.1f})", r["impl"],
                  f"{s['median']:,.0f} ({s['p25']:,.0f}-{s['p75']:,.0f})", f"{r['step_ms']:.2f}",
                  ratio, f"{r['gflops']:.1f}", frac])
-  mm = (f"matmul 2048^3 float32: JAX {rates['jax_matmul_gflops']:.0f} GFLOP/s"
-        + (f", PyTorch {rates['torch_matmul_gflops']:.0f}" if rates["torch_matmul_gflops"]
-           else ""))
+  mm = f"float32 matmul {mm_n}^3 timed in the same rounds (GFLOP/s): " + "; ".join(
+      f"{r['workload']} JAX {r['jax_matmul_gflops']:.0f}"
+      + (f", PyTorch {r['torch_matmul_gflops']:.0f}" if r["torch_matmul_gflops"] else "")
+      for r in rate_log)
   table = (f"KD step, {_bench.meta_line(meta)}; chunk {args.chunk}; {args.reps} rounds; "
            f"{mm}\n\n" + _bench.markdown_table(header, body))
 
