@@ -124,7 +124,7 @@ def main(argv=None):
     r["fraction_of_bf16_matmul"] = r["gflops"] / rates["bf16_matmul_gflops"]
   meta = _bench.machine_meta(load=[(load0, os.getloadavg()[0])], cpu_smoke=args.cpu_smoke,
                              **rates)
-  body = [[r["dtype"], r["batch"], r["steps"], f"{r['images_per_s']:,.0f}",
+  body = [[r["dtype"], r["batch"], r["steps"], f"{r['images_per_s']:,.1f}",
            f"{r['step_ms']:.2f}", f"{r['step_gflop']:.1f}", f"{r['gflops']:,.0f}",
            f"{100 * r['fraction_of_bf16_matmul']:.0f}%", f"{r['final_loss']:.3f}"]
           for r in rows]

@@ -137,8 +137,8 @@ def main(argv=None):
            f"{r['epoch_s']['p75'] * 1e3:.1f})", f"{r['speedup_vs_online']['median']:.2f}x",
            f"{100 * r['test_accuracy']:.1f}%"] for r in rows]
   table = (f"MNIST-1D KD, CNN1D{channels} teacher ({100 * teacher_acc:.1f}% test) -> MLP "
-           f"40-100-100-10, {args.epochs} epochs of {steps} steps, {_bench.meta_line(meta)}; building the cache once: "
-           f"{cache_s * 1e3:.1f} ms\n\n"
+           f"40-100-100-10, {args.epochs} epochs of {steps} steps, {_bench.meta_line(meta)}; "
+           f"building the cache once: {cache_s * 1e3:.1f} ms\n\n"
            + _bench.markdown_table(["teacher", "ms per epoch median (p25-p75)",
                                     "speed vs online", "student test accuracy"], body))
 
