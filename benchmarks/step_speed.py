@@ -21,7 +21,8 @@ Timing: see ``benchmarks/_bench.py`` (compile + warm-up first, interleaved block
 ``--block`` steps, ``--reps`` rounds, medians and 25th-75th percentiles, per-round ratios
 to torchdistill -- to plain PyTorch when torchdistill is absent --, the load before and
 after every round). GFLOP/s: XLA's ``cost_analysis()`` FLOPs of the compiled one-step
-program (the same count is used for PyTorch, which computes the same math), as a fraction
+program (the online step's count is used for PyTorch, which computes the same math; the
+cached step's own count for ``kdjax_cached``), as a fraction
 of each framework's float32 1024^3 matmul rate, timed as one more block in the same
 interleaved rounds (so it sees the same load as the steps).
 
@@ -80,8 +81,9 @@ IMPLS = ("kdjax_chunk", "kdjax_1", "kdjax_cached", "torchdistill", "torch")
 # ------------------------------------------------------------------------------- kdjax
 
 
-def kdjax_candidates(w: dict, chunk: int, block: int, impls, seed: int = 0) -> tuple[dict, float]:
-  """``{impl: run(block steps)}`` for the kdjax impls, and XLA's FLOPs of one step."""
+def kdjax_candidates(w: dict, chunk: int, block: int, impls, seed: int = 0) -> tuple[dict, dict]:
+  """``{impl: run(block steps)}`` for the kdjax impls, and XLA's FLOPs of one step
+  (``{"online": ..., "cached": ...}``)."""
   (tname, tkw), (sname, skw) = w["teacher"], w["student"]
   teacher = get_model(tname, num_classes=w["classes"], **tkw)
   student = get_model(sname, num_classes=w["classes"], **skw)
@@ -105,8 +107,14 @@ def kdjax_candidates(w: dict, chunk: int, block: int, impls, seed: int = 0) -> t
     return create_train_state(student, tx, x[0], rng=jax.random.key(seed))
 
   one = {"x": x[:1], "y": y[:1]}
-  flops = online.lower(fresh(), one, t_vars).compile().cost_analysis()
-  flops = float((flops[0] if isinstance(flops, list) else flops)["flops"])
+
+  def step_flops(fn, batch, teacher_vars):
+    cost = fn.lower(fresh(), batch, teacher_vars).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+  flops = {"online": step_flops(online, one, t_vars)}
+  if "kdjax_cached" in impls:  # no teacher forward in this step
+    flops["cached"] = step_flops(cached, {**one, "teacher_logits": t_logits[:1]}, None)
 
   def runner(fn, batches, steps_per_call, teacher_vars):
     if block % steps_per_call:
@@ -260,11 +268,12 @@ def main(argv=None):
     for impl, ts in sec.items():
       per_step = np.asarray(ts) / block
       sps = _bench.spread(w["batch"] / per_step)
-      gflops = flops / float(np.median(per_step)) / 1e9
+      step_flops = flops["cached" if impl == "kdjax_cached" else "online"]
+      gflops = step_flops / float(np.median(per_step)) / 1e9
       rate = rates["torch_matmul_gflops" if impl.startswith("torch") else "jax_matmul_gflops"]
       row = {"workload": name, "impl": impl, "batch": w["batch"], "block_steps": block,
              "samples_per_s": sps, "step_ms": float(np.median(per_step)) * 1e3,
-             "step_gflop": flops / 1e9, "gflops": gflops,
+             "step_gflop": step_flops / 1e9, "gflops": gflops,
              "fraction_of_matmul": gflops / rate if rate else None, **rates,
              "load": timed["load"]}
       if base:
