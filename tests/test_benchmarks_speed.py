@@ -1,5 +1,5 @@
 """Smoke tests of the speed benchmarks (benchmarks/step_speed.py, ensemble_vs_torch.py,
-teacher_cache.py, gpu_check.sh) at tiny sizes, kdjax rows only: PyTorch is never a test
+teacher_online_vs_cached.py, gpu_check.sh) at tiny sizes, kdjax rows only: PyTorch is never a test
 dependency. Speed itself is never asserted here; the benchmarks measure it."""
 
 import importlib.util
@@ -74,12 +74,12 @@ def test_ensemble_vs_torch_quick_mlp(tmp_path):
 
 
 def test_teacher_cache_quick_same_accuracy(tmp_path):
-  payload = _load("teacher_cache").main(["--quick", "--out-dir", str(tmp_path)])
+  payload = _load("teacher_online_vs_cached").main(["--quick", "--out-dir", str(tmp_path)])
   acc = {r["impl"]: r["test_accuracy"] for r in payload["rows"]}
   # Cached targets are the online teacher's logits: both students see the same loss.
   assert abs(acc["online"] - acc["cached"]) <= 0.01, acc
   assert payload["cache_build_s"] > 0
-  _outputs(tmp_path, "teacher_cache")
+  _outputs(tmp_path, "teacher_online_vs_cached")
 
 
 def test_gpu_check_cpu_smoke(tmp_path):

@@ -16,10 +16,10 @@ cost, and test accuracy of teacher and both students after ``--epochs`` epochs. 
 augmentation both compute the same loss, so the accuracies should agree up to float
 rounding; the speed difference is the teacher's forward.
 
-  python benchmarks/teacher_cache.py              # about 1-2 min quiet
-  python benchmarks/teacher_cache.py --quick --out-dir /tmp/x
+  python benchmarks/teacher_online_vs_cached.py              # about 1-2 min quiet
+  python benchmarks/teacher_online_vs_cached.py --quick --out-dir /tmp/x
 
-Writes ``teacher_cache.{json,md,png}`` to ``benchmarks/results/`` (or ``--out-dir``).
+Writes ``teacher_online_vs_cached.{json,md,png}`` to ``benchmarks/results/`` (or ``--out-dir``).
 """
 
 import argparse
@@ -152,7 +152,7 @@ def main(argv=None):
                  fontsize=8)
     ax.legend()
 
-  _bench.write_outputs("teacher_cache", payload, table, args.out_dir, plot)
+  _bench.write_outputs("teacher_online_vs_cached", payload, table, args.out_dir, plot)
   return payload
 
 
