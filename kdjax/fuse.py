@@ -109,6 +109,7 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "members": names,
       "num_members": num_members,
       "test": rows,
+      "space": config.space,
       "fitted_weights": {m: np.asarray(f.weights).round(4).tolist() for m, f in fitted.items()},
       "deep_fusion_oof": {"nll": deep.oof_nll, "accuracy": deep.oof_accuracy},
       "member_disagreement_test": float(metrics.member_disagreement(test_logits)),

@@ -5,6 +5,7 @@
       --config.teacher.workdir=runs/teacher
   kdjax demo --workdir runs/demo
   kdjax fuse --config configs/mnist1d/fuse_cnn5.py --workdir runs/fuse
+  kdjax train ... --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0  # host 0 of 2
 
 Any config field can be overridden with ``--config.FIELD=VALUE``; a misspelt field is
 a one-line error (set ``KDJAX_TRACEBACK=1`` to see tracebacks of run-time errors). Binaries are thin: the work happens in importable functions.
@@ -28,6 +29,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _SEEDS = flags.DEFINE_integer("seeds", 1, "demo: number of seeds per stage.")
 _FUSION = flags.DEFINE_bool("fusion", True, "demo: include the ensemble and fusion stage.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "demo: run every stage's smoke config (seconds).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "train on several hosts: HOST:PORT of process 0, with "
+    "--num_processes and --process_id (unset: auto-detected on TPU VMs / SLURM, else one process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "train on several hosts: process count.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "train on several hosts: this process, 0..N-1.")
 
 
 class _OneLineError(Exception):
@@ -48,8 +54,15 @@ def _main(argv, command: str) -> None:
         print(f"student val perplexity {r['student_val_perplexity']:.3f}  teacher "
               f"{r['teacher_val_perplexity']:.3f}  method {r['method']}  -> {_WORKDIR.value}")
       return
-    from kdjax.training import train_and_evaluate
-    summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    from kdjax.training import _distributed, train_and_evaluate
+    _distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    try:
+      summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      writer = _distributed.is_writer()
+    finally:
+      _distributed.shutdown()
+    if not writer:  # process 0 reports
+      return
     print(f"test accuracy {summary['test']['accuracy']:.4f}  nll {summary['test']['nll']:.4f}  "
           f"steps {summary['steps']}  wall {summary['wall_s']:.1f}s  -> {_WORKDIR.value}/summary.json")
   elif command == "demo":

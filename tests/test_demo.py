@@ -86,6 +86,9 @@ def test_format_spread_says_n():
   assert format_spread([90.0, 92.0]) == "91.0 +- 1.0 (n=2)"
 
 
+DKD_WARMUP_JSON = "benchmarks/results/mnist1d_dkd_warmup.json"
+
+
 def test_config_docstrings_point_to_measured_results_instead_of_numbers():
   """A result is typed in one place: the README demo table or benchmarks/results/*.json.
   Each MNIST-1D config's docstring names the row or key, and that row or key exists.
@@ -93,6 +96,7 @@ def test_config_docstrings_point_to_measured_results_instead_of_numbers():
   which is their purpose; they are checked in tests/test_pipeline_configs.py.)"""
   readme = (REPO / "README.md").read_text()
   studies = json.loads((REPO / "benchmarks/results/mnist1d_accuracy.json").read_text())
+  studies.update(json.loads((REPO / DKD_WARMUP_JSON).read_text())["accuracy"])
   for path in sorted((REPO / "configs" / "mnist1d").rglob("*.py")):
     doc = ast.get_docstring(ast.parse(path.read_text()))
     assert not re.search(r"\d+\.\d+ ?%|\+- ?\d", doc), f"{path.name} quotes a number"
@@ -104,7 +108,8 @@ def test_config_docstrings_point_to_measured_results_instead_of_numbers():
       for row in re.split(r", | and ", names):
         assert f"| {row} |" in readme, f"{path.name}: README has no row {row!r}"
     for key in keys:
-      assert key in studies, f"{path.name}: {key!r} is not in mnist1d_accuracy.json"
+      assert key in studies, (f"{path.name}: {key!r} is in neither mnist1d_accuracy.json nor "
+                              "mnist1d_dkd_warmup.json")
 
 
 def test_readme_study_table_is_the_one_generated_from_the_results_json():
@@ -116,3 +121,29 @@ def test_readme_study_table_is_the_one_generated_from_the_results_json():
   studies = json.loads((REPO / "benchmarks/results/mnist1d_accuracy.json").read_text())
   for key, values in studies.items():
     assert f"| {key} | {np.mean(values):.1f} +- {np.std(values):.1f} | {len(values)} |" in table
+
+
+def test_dkd_warmup_table_and_the_dkd_config_default_are_the_measured_ones():
+  """README's DKD warm-up tables are benchmarks/results/mnist1d_dkd_warmup{,_confirm}.md
+  verbatim (mean +- std of the JSONs' per-seed values), and configs/mnist1d/dkd_cnn_to_mlp.py's default
+  losses are those of the variant its docstring names."""
+  import importlib.util
+
+  import numpy as np
+  from kdjax.configs import load_config
+
+  for name in ("mnist1d_dkd_warmup", "mnist1d_dkd_warmup_confirm"):
+    table = (REPO / f"benchmarks/results/{name}.md").read_text().strip()
+    assert table in (REPO / "README.md").read_text()
+    results = json.loads((REPO / f"benchmarks/results/{name}.json").read_text())
+    for key, values in results["accuracy"].items():
+      assert (f"| {key} | {results['description'][key]} | {np.mean(values):.1f} +- "
+              f"{np.std(values):.1f} | {len(values)} |") in table
+  spec = importlib.util.spec_from_file_location("dkd_warmup",
+                                                REPO / "benchmarks/mnist1d_dkd_warmup.py")
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  path = REPO / "configs/mnist1d/dkd_cnn_to_mlp.py"
+  doc = ast.get_docstring(ast.parse(path.read_text()))
+  (key,) = re.findall(r'mnist1d_dkd_warmup.json, "([^"]+)"', doc)
+  assert load_config(str(path)).losses.to_dict() == bench.VARIANTS[key][3]

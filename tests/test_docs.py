@@ -27,7 +27,7 @@ MODULES = ["kdjax.losses._kd", "kdjax.losses._features", "kdjax.losses._relation
            "kdjax.losses._weights", "kdjax.losses._compose", "kdjax.fusion._combine",
            "kdjax.fusion._fit", "kdjax.fusion._deep", "kdjax.fusion._soups", "kdjax.metrics",
            "kdjax.ensemble", "kdjax.losses._divergences", "kdjax.losses._sparse",
-           "kdjax.losses._fused"]
+           "kdjax.losses._fused", "kdjax.losses._targets"]
 
 
 @pytest.mark.parametrize("name", MODULES)

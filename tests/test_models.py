@@ -60,6 +60,29 @@ def test_hinton_mlp_sizes():
   assert models.count_params(params) == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
 
 
+def test_mlp_dropout_only_in_train_mode_and_keyed_by_the_rng():
+  """Eval is deterministic and equals the dropout-free MLP; train mode with rate > 0 drops
+  units (differs from eval), reproducibly per key and differently across keys."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 784)), jnp.float32)
+  plain = models.as_model(models.get_model("mlp", hidden=(64, 64)))
+  dropped = models.as_model(models.get_model("mlp", hidden=(64, 64), dropout_rate=0.5,
+                                             input_dropout_rate=0.2))
+  variables = plain.init(jax.random.key(0), x)
+  assert jax.tree.structure(dropped.init(jax.random.key(0), x)) == jax.tree.structure(variables)
+  k1, k2 = jax.random.key(1), jax.random.key(2)
+  eval_out = dropped.apply(variables, x, train=False, rng=k1).logits
+  np.testing.assert_array_equal(eval_out, dropped.apply(variables, x, train=False, rng=k2).logits)
+  np.testing.assert_array_equal(eval_out, plain.apply(variables, x, train=False).logits)
+  train1 = dropped.apply(variables, x, train=True, rng=k1).logits
+  np.testing.assert_array_equal(train1, dropped.apply(variables, x, train=True, rng=k1).logits)
+  assert not np.allclose(train1, eval_out, atol=1e-3)
+  assert not np.allclose(train1, dropped.apply(variables, x, train=True, rng=k2).logits, atol=1e-3)
+  # Rate 0 in train mode is the plain MLP.
+  np.testing.assert_array_equal(plain.apply(variables, x, train=True, rng=k1).logits, eval_out)
+  with pytest.raises(ValueError, match=r"MLP: dropout_rate must be in \[0, 1\), got 1.0"):
+    models.get_model("mlp", dropout_rate=1.0).init(jax.random.key(0), x)
+
+
 def test_registry_errors_name_the_problem():
   with pytest.raises(ValueError, match=r"Unknown model 'resnet9'.*known models: \[.*'cnn1d'.*'mlp'.*\]"):
     models.get_model("resnet9")

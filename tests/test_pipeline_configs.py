@@ -153,3 +153,27 @@ def test_cifar100_objectives_trace_on_zoo_features_of_a_pipeline_batch(pair):
     out = jax.eval_shape(lambda i: objective(objective.init(jax.random.key(2), i), i, step=0)[0],
                          inputs)
     assert out.shape == () and out.dtype == jnp.float32, method
+
+
+@pytest.mark.parametrize("method", ["teacher", "student"])
+def test_hinton_mnist_models_from_config_on_a_mock_batch(method):
+  """The teacher is the 784-1200-1200-10 MLP with dropout (train mode only), the student
+  784-800-800-10 without; both built from the config and run on a mock pipeline batch."""
+  import jax
+  import jax.numpy as jnp
+  from kdjax.models import as_model, count_params
+  from kdjax.training._teacher import model_from_config
+
+  c = load_config(ROOT / "mnist/hinton.py", f"{method},smoke")
+  made = data.pipelines_from_config(c.data, batch_size=c.batch_size,
+                                    eval_batch_size=c.eval_batch_size, seed=c.seed,
+                                    process_index=0, process_count=1)
+  x = jnp.asarray(next(made["train"].iterator())["x"])
+  model = as_model(model_from_config(c.model.to_dict(), made["num_classes"]))
+  variables = model.init(jax.random.key(0), x)
+  width = 1200 if method == "teacher" else 800
+  assert count_params(variables["params"]) == (784 * width + width + width * width + width
+                                               + width * 10 + 10)
+  eval_out = model.apply(variables, x, train=False).logits
+  train_out = model.apply(variables, x, train=True, rng=jax.random.key(1)).logits
+  assert bool(jnp.any(train_out != eval_out)) == (method == "teacher")

@@ -8,8 +8,8 @@ T=1); the teacher runs online on the student's view.
 
 Published top-1 to match (DKD paper, Zhao et al. 2022, Table 3): teacher 73.31, student
 alone 69.75, KD 70.66.
-Not reproduced here: runs end to end once the ImageNet zoo, model state, SGD weight decay
-with multistep schedules and the streaming pipeline are wired into `kdjax train`.
+Not reproduced here: `kdjax train` runs it end to end (its smoke variants run in
+tests/test_config_smokes.py on mock data), but no full-length run has been made.
 
 Data: imagenet2012 prepared once in the array_record format from the manually downloaded
 ILSVRC2012 archives (README, "Training on a TPU VM").

@@ -1,7 +1,8 @@
 """Distillation losses: pure functions of arrays, one value per example unless batch-level.
 
-Per-example losses (``soft_target_kl``, ``cross_entropy``, ``hinton_kd``, ``dkd``,
-``hint``, ``attention_transfer``) return ``[B]``; average them once, in the step.
+Per-example losses (``soft_target_kl``, ``cross_entropy``, ``soft_cross_entropy``,
+``hinton_kd``, ``dkd``, ``hint``, ``attention_transfer``) return ``[B]``; average them
+once, in the step.
 Batch-level losses (``dist``, ``similarity_preserving``, ``rkd_distance``,
 ``rkd_angle``, ``pkt``, ``weight_matching``) return a scalar for the batch.
 ``make_objective`` composes named, weighted terms for the trainer.
@@ -30,10 +31,11 @@ from kdjax.losses._features import Projector as Projector
 from kdjax.losses._features import attention_transfer as attention_transfer
 from kdjax.losses._features import hint as hint
 from kdjax.losses._fused import fused_distillation_loss as fused_distillation_loss
-from kdjax.losses._kd import cross_entropy as cross_entropy
+from kdjax.losses._targets import cross_entropy as cross_entropy
 from kdjax.losses._kd import dist as dist
 from kdjax.losses._kd import dkd as dkd
 from kdjax.losses._kd import hinton_kd as hinton_kd
+from kdjax.losses._targets import soft_cross_entropy as soft_cross_entropy
 from kdjax.losses._kd import soft_target_kl as soft_target_kl
 from kdjax.losses._kd import soft_target_kl_with_log_targets as soft_target_kl_with_log_targets
 from kdjax.losses._relational import pkt as pkt

@@ -144,3 +144,14 @@ def safe_norm(x: jax.Array, axis: int | tuple[int, ...] = -1, keepdims: bool = F
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   """``x / max(||x||, eps)`` (``torch.nn.functional.normalize``), NaN-free gradient at 0."""
   return x / jnp.maximum(safe_norm(x, axis=axis, keepdims=True), eps)
+
+
+def take_class(x: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
+  """``x`` at the (in-range) ``labels`` along ``axis``."""
+  return jnp.squeeze(jnp.take_along_axis(x, jnp.expand_dims(labels, axis), axis=axis), axis)
+
+
+def select_rows(valid: jax.Array, axis: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+  """Zeroes the rows (everything but ``axis``) where ``valid`` is False, before any math."""
+  keep = jnp.expand_dims(valid, axis)
+  return tuple(jnp.where(keep, a, jnp.zeros((), a.dtype)) for a in arrays)

@@ -26,7 +26,12 @@ masks padded rows, and averages its ``[B]`` values over the valid rows. Set
 ``batch_level=True`` for a function that returns one scalar for the batch and takes
 ``where=`` (``[B]`` valid rows) itself. A term that takes ``"labels"`` needs them unless
 its ``needs_labels(kwargs)`` says otherwise (then it gets ``None``); rows whose label is
-outside ``[0, C)`` are left out of its average (see :func:`kdjax.losses.label_mask`). A term
+outside ``[0, C)`` are left out of its average (see :func:`kdjax.losses.label_mask`).
+Soft targets (``LossInputs.label_probs``, ``[B, C]``, e.g. mixup's) reach the terms that
+also take ``"label_probs"`` (``cross_entropy``, ``hinton_kd``): they replace the one-hot
+labels; with ``labels`` too, rows with an ignored label still give 0, and with
+``labels=None`` every (non-padding) row is used. A term that needs hard labels (``dkd``)
+raises a ``ValueError`` naming it when only ``label_probs`` is given. A term
 that takes ``"student_feature"``/``"teacher_feature"`` gets the keywords
 ``student_feature`` (required) and ``teacher_feature`` (default: the same name) to pick
 them; ``projector=True`` adds the ``projector``/``norm`` keywords of a learned
@@ -38,8 +43,13 @@ out-of-range label there reaches neither the loss nor its gradient.
 
 A term's ``weight`` is a number, or a schedule of the training step: ``{"value": w,
 "warmup_steps": n}`` (linear warm-up from 0 to ``w`` over ``n`` steps, as in DKD's
-official recipe), or any callable ``step -> weight`` (e.g. an ``optax`` schedule); an
-objective with a schedule needs ``objective(aux, inputs, step=step)``.
+official recipe), ``{"init": a, "end": b, "steps": n}`` (linear from ``a`` to ``b``), or
+any callable ``step -> weight`` (e.g. an ``optax`` schedule). Its float hyperparameters
+(``temperature``, ``alpha``, ``beta``, ``gamma``, ``label_smoothing``) take the same
+schedules (a temperature must stay > 0, so it takes no warm-up from 0), e.g.
+``{"hinton_kd": {"weight": 1.0, "temperature": 4.0, "alpha": {"init": 0.0, "end": 0.9,
+"steps": 1000}}}``. An objective with a schedule needs ``objective(aux, inputs,
+step=step)``.
 """
 
 import dataclasses
@@ -49,13 +59,14 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from kdjax.losses import _checks
 from kdjax.losses import _divergences
 from kdjax.losses import _features
 from kdjax.losses import _kd
 from kdjax.losses import _relational
+from kdjax.losses import _schedules
+from kdjax.losses import _targets
 from kdjax.losses import _weights
 
 
@@ -66,6 +77,10 @@ class LossInputs:
   Attributes:
     student_logits: ``[B, C]`` student logits.
     labels: ``[B]`` integer labels, or ``None``.
+    label_probs: ``[B, C]`` soft targets (rows summing to 1, e.g. mixup's), or ``None``.
+      Terms that take them (``cross_entropy``, ``hinton_kd``'s hard part) use them
+      instead of one-hot ``labels``; a row is then used when its label is valid, or
+      always when ``labels`` is ``None``. Terms that need hard labels (``dkd``) raise.
     teacher_logits: ``[B, C]`` teacher logits or (fused) log-probabilities; every
       logit term is shift-invariant per example, so either works.
     student_features: name -> ``[B, ...]`` array (``kdjax.models.apply_with_features``).
@@ -77,6 +92,7 @@ class LossInputs:
 
   student_logits: jax.Array
   labels: jax.Array | None = None
+  label_probs: jax.Array | None = None
   teacher_logits: jax.Array | None = None
   student_features: dict = flax.struct.field(default_factory=dict)
   teacher_features: dict = flax.struct.field(default_factory=dict)
@@ -125,15 +141,17 @@ class TermSpec:
 
 
 REQUIRED = object()
-INPUTS = ("student_logits", "teacher_logits", "labels", "student_feature", "teacher_feature",
-          "student_params", "teacher_params")
+INPUTS = ("student_logits", "teacher_logits", "labels", "label_probs", "student_feature",
+          "teacher_feature", "student_params", "teacher_params")
 _LOGITS = ("student_logits", "teacher_logits")
 _FEATURES = ("student_feature", "teacher_feature")
 _PARAMS = ("student_params", "teacher_params")
 
 # A literal registry: name -> spec. No import-time registration.
 TERMS: dict[str, TermSpec] = {
-    "cross_entropy": TermSpec(_kd.cross_entropy, ("student_logits", "labels")),
+    "cross_entropy": TermSpec(_targets.cross_entropy_term,
+                              ("student_logits", "labels", "label_probs"),
+                              {"label_smoothing": 0.0}),
     "soft_target_kl": TermSpec(_kd.soft_target_kl, _LOGITS, {"temperature": 1.0}),
     "forward_kl": TermSpec(_divergences.forward_kl, _LOGITS, {"temperature": 1.0}),
     "reverse_kl": TermSpec(_divergences.reverse_kl, _LOGITS, {"temperature": 1.0}),
@@ -143,8 +161,8 @@ TERMS: dict[str, TermSpec] = {
     "skew_reverse_kl": TermSpec(_divergences.skew_reverse_kl, _LOGITS,
                                 {"alpha": 0.1, "temperature": 1.0}),
     "total_variation": TermSpec(_divergences.total_variation, _LOGITS, {"temperature": 1.0}),
-    "hinton_kd": TermSpec(_kd.hinton_kd, (*_LOGITS, "labels"),
-                          {"temperature": REQUIRED, "alpha": REQUIRED},
+    "hinton_kd": TermSpec(_kd.hinton_kd, (*_LOGITS, "labels", "label_probs"),
+                          {"temperature": REQUIRED, "alpha": REQUIRED, "label_smoothing": 0.0},
                           needs_labels=lambda kw: kw["alpha"] != 1),
     "dkd": TermSpec(_kd.dkd, (*_LOGITS, "labels"),
                     {"alpha": 1.0, "beta": 8.0, "temperature": 4.0}),
@@ -167,13 +185,15 @@ _OWN_KEYWORDS = ("student_feature", "teacher_feature", "projector", "norm")
 class Term:
   """One validated term: ``label`` (metric name), registered ``name``, weight, kwargs.
 
-  ``weight`` is a number, or a callable ``step -> weight`` (a schedule).
+  ``weight`` is a number, or a callable ``step -> weight`` (a schedule); so is each
+  value of ``kwargs`` named in ``schedules`` (the keywords that are schedules).
   """
 
   label: str
   name: str
   weight: float | Callable[[jax.Array], jax.Array]
   kwargs: Mapping[str, Any]
+  schedules: frozenset[str] = frozenset()
 
   @property
   def spec(self) -> TermSpec:
@@ -187,26 +207,6 @@ class Term:
 
 def _to_plain(x: Any) -> Any:
   return x.to_dict() if hasattr(x, "to_dict") else x
-
-
-def _parse_weight(label: str, weight: Any) -> float | Callable[[jax.Array], jax.Array]:
-  weight = _to_plain(weight)
-  if callable(weight):
-    return weight
-  if isinstance(weight, Mapping):
-    if set(weight) != {"value", "warmup_steps"}:
-      raise ValueError(f"make_objective: term {label!r} weight schedule must be "
-                       f"{{'value': w, 'warmup_steps': n}}, got keys {sorted(weight)}")
-    value, steps = _parse_weight(label, weight["value"]), weight["warmup_steps"]
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-      raise ValueError(f"make_objective: term {label!r} warmup_steps must be an int >= 1, "
-                       f"got {steps!r}")
-    return optax.linear_schedule(0.0, value, steps)
-  try:
-    return float(weight)
-  except (TypeError, ValueError):
-    raise ValueError(f"make_objective: term {label!r} weight must be a number or a schedule, "
-                     f"got {weight!r}") from None
 
 
 def _make_term(label: str, name: str, weight: Any, kwargs: Mapping[str, Any]) -> Term:
@@ -225,7 +225,14 @@ def _make_term(label: str, name: str, weight: Any, kwargs: Mapping[str, Any]) ->
   full = {k: kwargs.get(k, v) for k, v in allowed.items()}
   if "teacher_feature" in full and full["teacher_feature"] is None:
     full["teacher_feature"] = full["student_feature"]
-  if "temperature" in full:
+  schedules = set()
+  for key in _schedules.SCHEDULABLE:
+    if key in full and full[key] is not REQUIRED and full[key] is not None:
+      full[key] = _schedules.parse_schedule(f"term {label!r}", key, full[key],
+                                            positive=key in _schedules.POSITIVE)
+      if callable(full[key]):
+        schedules.add(key)
+  if "temperature" in full and "temperature" not in schedules:
     _checks.check_positive(f"make_objective: term {label!r}", "temperature", full["temperature"])
   if full.get("projector") not in (None, "dense", "conv"):
     raise ValueError(f"make_objective: term {label!r}: projector must be None, 'dense' or "
@@ -233,7 +240,8 @@ def _make_term(label: str, name: str, weight: Any, kwargs: Mapping[str, Any]) ->
   if full.get("norm") not in (None, "layer"):
     raise ValueError(f"make_objective: term {label!r}: norm must be None or 'layer', got "
                      f"{full['norm']!r}")
-  return Term(label, name, _parse_weight(label, weight), full)
+  weight = _schedules.parse_schedule(f"term {label!r}", "weight", weight)
+  return Term(label, name, weight, full, frozenset(schedules))
 
 
 def _parse_terms(terms: Any) -> list[Term]:
@@ -304,6 +312,11 @@ class Objective:
     return any(t.needs_labels() for t in self.terms)
 
   @property
+  def accepts_label_probs(self) -> bool:
+    """Every term that needs labels can use ``LossInputs.label_probs`` instead (mixup)."""
+    return all("label_probs" in t.spec.inputs for t in self.terms if t.needs_labels())
+
+  @property
   def needs_params(self) -> bool:
     return bool(self._takes("student_params"))
 
@@ -341,7 +354,16 @@ class Objective:
              inputs: LossInputs) -> Any:
     """The value of input ``name`` (one of :data:`INPUTS`) for ``term``."""
     if name == "labels":
-      return self._require(term, inputs, "labels") if term.needs_labels() else None
+      if not term.needs_labels():
+        return None
+      if inputs.labels is None and inputs.label_probs is not None:
+        if "label_probs" in term.spec.inputs:
+          return None  # soft targets instead; every (non-padding) row is used
+        raise ValueError(f"objective term {term.label!r} ({term.name}) needs hard "
+                         "inputs.labels; it cannot use inputs.label_probs (soft targets)")
+      return self._require(term, inputs, "labels")
+    if name == "label_probs":
+      return inputs.label_probs if term.needs_labels() else None
     if name in _FEATURES:
       side = name.split("_")[0]
       value = _feature(inputs, side, term.kwargs[name], term.label)
@@ -356,13 +378,13 @@ class Objective:
       return inputs.student_logits
     return self._require(term, inputs, name)
 
-  def _weight(self, term: Term, step: Any) -> Any:
-    if not callable(term.weight):
-      return term.weight
+  def _at_step(self, term: Term, what: str, value: Any, step: Any) -> Any:
+    if not callable(value):
+      return value
     if step is None:
-      raise ValueError(f"objective term {term.label!r} has a weight schedule; call "
+      raise ValueError(f"objective term {term.label!r} has a {what} schedule; call "
                        "objective(aux_params, inputs, step=step)")
-    return term.weight(step)
+    return value(step)
 
   def __call__(self, aux_params: Mapping[str, Any], inputs: LossInputs, *,
                step: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -376,14 +398,16 @@ class Objective:
       row_wise = lambda x: x if x is None else _checks.select(rows, jnp.asarray(x))  # noqa: E731
       inputs = inputs.replace(
           student_logits=row_wise(inputs.student_logits),
-          labels=row_wise(inputs.labels), teacher_logits=row_wise(inputs.teacher_logits),
+          labels=row_wise(inputs.labels), label_probs=row_wise(inputs.label_probs),
+          teacher_logits=row_wise(inputs.teacher_logits),
           student_features=jax.tree.map(row_wise, inputs.student_features),
           teacher_features=jax.tree.map(row_wise, inputs.teacher_features))
     metrics = {}
     total = jnp.zeros((), jnp.float32)
     for term in self.terms:
       args = [self._input(term, name, aux_params, inputs) for name in term.spec.inputs]
-      kwargs = {k: v for k, v in term.kwargs.items() if k not in _OWN_KEYWORDS}
+      kwargs = {k: (self._at_step(term, k, v, step) if k in term.schedules else v)
+                for k, v in term.kwargs.items() if k not in _OWN_KEYWORDS}
       valid = rows
       if "labels" in term.spec.inputs and args[term.spec.inputs.index("labels")] is not None:
         labels = args[term.spec.inputs.index("labels")]
@@ -400,7 +424,7 @@ class Objective:
                            f"{value.shape}, expected ({batch},)")
         value = _checks.masked_mean(value, valid)
       metrics[f"loss/{term.label}"] = value
-      total = total + self._weight(term, step) * value
+      total = total + self._at_step(term, "weight", term.weight, step) * value
     metrics["loss"] = total
     return total, metrics
 

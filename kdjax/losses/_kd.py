@@ -1,4 +1,4 @@
-"""Logit distillation losses: soft-target KL, cross-entropy, Hinton KD, DKD and DIST.
+"""Logit distillation losses: soft-target KL, Hinton KD, DKD and DIST.
 
 All per-example losses return one value per example (no reduction): the caller
 averages, once, in the step. Low-precision inputs (bf16/fp16) are computed in
@@ -23,6 +23,10 @@ import numpy as np
 import optax
 
 from kdjax.losses import _checks
+from kdjax.losses._checks import select_rows as _select_rows
+from kdjax.losses._checks import take_class as _take
+from kdjax.losses._targets import cross_entropy
+from kdjax.losses._targets import soft_cross_entropy
 
 
 def _log_softmax(x: jax.Array, axis: int, where: jax.Array | None) -> jax.Array:
@@ -167,80 +171,30 @@ def soft_target_kl_with_log_targets(student_logits: jax.Array, teacher_log_probs
   return temp**2 * _kl_log_space(lt, ls, axis, where)
 
 
-def _take(x: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
-  """``x`` at the (in-range) ``labels`` along ``axis``."""
-  return jnp.squeeze(jnp.take_along_axis(x, jnp.expand_dims(labels, axis), axis=axis), axis)
-
-
-def _select_rows(valid: jax.Array, axis: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:
-  """Zeroes the rows (everything but ``axis``) where ``valid`` is False, before any math."""
-  keep = jnp.expand_dims(valid, axis)
-  return tuple(jnp.where(keep, a, jnp.zeros((), a.dtype)) for a in arrays)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, *, axis: int = -1,
-                  where: jax.Array | None = None) -> jax.Array:
-  r"""Softmax cross-entropy with integer labels, per example.
-
-  .. math::
-    -\log \mathrm{softmax}(z)_y \quad (0 \text{ when } y \notin [0, C))
-
-  Computed by ``optax.losses.softmax_cross_entropy_with_integer_labels``. This is the one
-  NLL of kdjax: :func:`kdjax.metrics.nll` and the fusion fits average it.
-
-  Args:
-    logits: ``[..., C]`` float logits (or log-probabilities).
-    labels: ``[...]`` integer class indices. A label outside ``[0, C)`` (e.g. ``-1`` or
-      ``-100`` padding) marks an ignored row: its loss is 0 and it gets no gradient.
-    axis: the class axis.
-    where: optional boolean class mask broadcastable to ``logits.shape``; masked classes
-      are excluded from the softmax. A row whose label's class is masked is ignored.
-
-  Returns:
-    ``[...]`` per-example losses, float32 (or float64 for float64 logits).
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from kdjax.losses import cross_entropy
-    >>> cross_entropy(jnp.zeros((1, 4)), jnp.array([2]))
-    Array([1.3862944], dtype=float32)
-
-  References:
-    Goodfellow, Bengio & Courville, "Deep Learning", 2016, section 6.2.2.3.
-  """
-  fn = "cross_entropy"
-  logits = _checks.check_floating("logits", fn, logits)
-  _checks.check_min_rank(fn, "logits", logits, 1)
-  axis = axis % logits.ndim
-  labels, valid = _checks.check_labels(fn, logits, labels, axis)
-  if where is not None:
-    where = _checks.check_where(fn, where, logits.shape, "logits")
-    valid = valid & _take(where, labels, axis)
-    logits = jnp.where(where, logits, 0)
-  (logits,) = _select_rows(valid, axis, logits.astype(_checks.compute_dtype(logits)))
-  loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels, axis=axis,
-                                                                where=where)
-  return jnp.where(valid, loss, 0)
-
-
 def hinton_kd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array | None,
-              *, temperature: float | jax.Array, alpha: float | jax.Array) -> jax.Array:
+              label_probs: jax.Array | None = None, *, temperature: float | jax.Array,
+              alpha: float | jax.Array, label_smoothing: float | jax.Array = 0.0) -> jax.Array:
   r"""Hinton et al.'s distillation loss: soft-target KL mixed with hard-label CE.
 
   .. math::
     \alpha \, T^2 \, \mathrm{KL}\big(\mathrm{softmax}(t/T) \,\|\, \mathrm{softmax}(s/T)\big)
-    + (1 - \alpha) \, \mathrm{CE}(s, y)
+    + (1 - \alpha) \, \mathrm{CE}(s, q)
 
-  The cross-entropy uses the untempered student logits.
+  The cross-entropy uses the untempered student logits, against the target distribution
+  :math:`q`: the one-hot label, or ``label_probs`` (e.g. mixup's) when given, smoothed
+  by :math:`\epsilon` = ``label_smoothing`` (:func:`soft_cross_entropy`).
 
   Args:
     student_logits: ``[..., C]`` float logits (class axis last).
     teacher_logits: ``[..., C]`` float logits, same shape.
     labels: ``[...]`` integer labels; a label outside ``[0, C)`` ignores its row (loss 0,
-      no gradient, also in the soft term). May be ``None`` only when ``alpha == 1``
-      (pure distillation of every row).
+      no gradient, also in the soft term). May be ``None`` when ``alpha == 1`` (pure
+      distillation of every row) or when ``label_probs`` is given (every row is used).
+    label_probs: optional ``[..., C]`` target probabilities for the hard part, used
+      instead of one-hot ``labels``.
     temperature: :math:`T > 0`.
     alpha: weight of the soft-target term, usually in ``[0, 1]``.
+    label_smoothing: :math:`\epsilon \in [0, 1]` for the hard part.
 
   Returns:
     ``[...]`` per-example losses, float32 (or float64 for float64 inputs).
@@ -257,21 +211,29 @@ def hinton_kd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.
   """
   fn = "hinton_kd"
   concrete_one = not isinstance(alpha, jax.core.Tracer) and bool(np.all(np.asarray(alpha) == 1))
-  if labels is None:
+  if labels is None and (label_probs is None or concrete_one):
     if not concrete_one:
-      raise ValueError(f"{fn}: labels is None, which is only allowed when alpha == 1 (pure "
-                       f"distillation), got alpha={alpha!r}")
+      raise ValueError(f"{fn}: labels and label_probs are None, which is only allowed when "
+                       f"alpha == 1 (pure distillation), got alpha={alpha!r}")
     return soft_target_kl(student_logits, teacher_logits, temperature=temperature)
   s = _checks.check_floating("student_logits", fn, student_logits)
   t = _checks.check_floating("teacher_logits", fn, teacher_logits)
   _checks.check_same_shape(fn, "student_logits", s, "teacher_logits", t)
   _checks.check_min_rank(fn, "student_logits", s, 1)
-  labels, valid = _checks.check_labels(fn, s, labels, -1)
+  if labels is None:
+    valid = jnp.ones(s.shape[:-1], jnp.bool_)
+  else:
+    labels, valid = _checks.check_labels(fn, s, labels, -1)
   s, t = _select_rows(valid, -1, s, t)
   soft = soft_target_kl(s, t, temperature=temperature)
   if not concrete_one:
+    if label_probs is None:
+      hard = cross_entropy(s, labels, label_smoothing=label_smoothing)
+    else:
+      (label_probs,) = _select_rows(valid, -1, jnp.asarray(label_probs))
+      hard = soft_cross_entropy(s, label_probs, label_smoothing=label_smoothing)
     alpha = jnp.asarray(alpha, soft.dtype)
-    soft = alpha * soft + (1 - alpha) * cross_entropy(s, labels)
+    soft = alpha * soft + (1 - alpha) * hard
   return jnp.where(valid, soft, 0)
 
 

@@ -14,14 +14,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdjax.ops import conv_general_dilated
+
 
 def conv(features: int, kernel: int, *, stride: int = 1, padding: int = 0, groups: int = 1,
-         bias: bool = False, name: str | None = None) -> nn.Conv:
+         bias: bool = False, impl: str = "xla", name: str | None = None) -> nn.Conv:
   """``nn.Conv`` equal to ``torch.nn.Conv2d(C, features, kernel, stride, padding, groups=groups,
-  bias=bias)`` on NHWC inputs (kernel layout ``[k, k, C / groups, features]``, HWIO)."""
+  bias=bias)`` on NHWC inputs (kernel layout ``[k, k, C / groups, features]``, HWIO).
+
+  ``impl`` picks the convolution: ``"xla"`` (``lax.conv_general_dilated``), ``"onednn"`` or
+  ``"auto"`` (see :func:`kdjax.ops.conv2d`; grouped convolutions always use XLA's). The
+  parameters are the same for every ``impl``."""
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), feature_group_count=groups,
-                 use_bias=bias, name=name)
+                 use_bias=bias, conv_general_dilated=conv_general_dilated(impl), name=name)
 
 
 def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:

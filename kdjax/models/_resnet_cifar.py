@@ -21,14 +21,17 @@ class BasicBlock(nn.Module):
 
   planes: int
   stride: int = 1
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    out = conv(self.planes, 3, stride=self.stride, padding=1, name="conv1")(x)
+    out = conv(self.planes, 3, stride=self.stride, padding=1, impl=self.conv_impl, name="conv1")(x)
     out = nn.relu(batch_norm(train, "bn1")(out))
-    out = batch_norm(train, "bn2")(conv(self.planes, 3, padding=1, name="conv2")(out))
+    out = conv(self.planes, 3, padding=1, impl=self.conv_impl, name="conv2")(out)
+    out = batch_norm(train, "bn2")(out)
     if self.stride != 1 or x.shape[-1] != self.planes:
-      x = conv(self.planes, 1, stride=self.stride, name="downsample_conv")(x)
+      x = conv(self.planes, 1, stride=self.stride, impl=self.conv_impl,
+               name="downsample_conv")(x)
       x = batch_norm(train, "downsample_bn")(x)
     preact = out + x
     return nn.relu(preact), preact
@@ -51,11 +54,14 @@ class CifarResNet(nn.Module):
     widths: ``(w0, w1, w2, w3)``: stem and stage widths; ``(16, 16, 32, 64)`` for resnetN,
       ``(32, 64, 128, 256)`` for the x4 variants.
     num_classes: classifier outputs.
+    conv_impl: ``"xla"``, ``"onednn"`` or ``"auto"``: which 2-D convolution runs
+      (:func:`kdjax.ops.conv2d`); same parameters and, to float32 rounding, same outputs.
   """
 
   depth: int = 20
   widths: Sequence[int] = (16, 16, 32, 64)
   num_classes: int = 100
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -64,13 +70,14 @@ class CifarResNet(nn.Module):
     if len(self.widths) != 4:
       raise ValueError(f"CifarResNet: widths must have 4 entries, got {tuple(self.widths)}")
     n = (self.depth - 2) // 6
-    x = conv(self.widths[0], 3, padding=1, name="conv1")(x)
+    x = conv(self.widths[0], 3, padding=1, impl=self.conv_impl, name="conv1")(x)
     x = nn.relu(batch_norm(train, "bn1")(x))
     self.sow("intermediates", "stem", x)
     for stage in range(3):
       for i in range(n):
         stride = 2 if stage > 0 and i == 0 else 1
-        x, preact = BasicBlock(self.widths[stage + 1], stride, name=f"layer{stage + 1}_{i}")(x, train)
+        x, preact = BasicBlock(self.widths[stage + 1], stride, self.conv_impl,
+                                 name=f"layer{stage + 1}_{i}")(x, train)
       self.sow("intermediates", f"stage{stage + 1}", x)
       self.sow("intermediates", f"stage{stage + 1}_preact", preact)
     x = global_avg_pool(x)

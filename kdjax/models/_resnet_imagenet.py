@@ -8,6 +8,7 @@ a 1x1 conv + BN shortcut where the stride or width changes, global average pooli
 linear classifier. No conv has a bias.
 """
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -23,20 +24,22 @@ class ResidualBlock(nn.Module):
   planes: int
   stride: int = 1
   bottleneck: bool = False
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    conv_ = functools.partial(conv, impl=self.conv_impl)
     if self.bottleneck:
-      out = nn.relu(batch_norm(train, "bn1")(conv(self.planes, 1, name="conv1")(x)))
-      out = conv(self.planes, 3, stride=self.stride, padding=1, name="conv2")(out)
+      out = nn.relu(batch_norm(train, "bn1")(conv_(self.planes, 1, name="conv1")(x)))
+      out = conv_(self.planes, 3, stride=self.stride, padding=1, name="conv2")(out)
       out = nn.relu(batch_norm(train, "bn2")(out))
-      out = batch_norm(train, "bn3")(conv(4 * self.planes, 1, name="conv3")(out))
+      out = batch_norm(train, "bn3")(conv_(4 * self.planes, 1, name="conv3")(out))
     else:
-      out = conv(self.planes, 3, stride=self.stride, padding=1, name="conv1")(x)
+      out = conv_(self.planes, 3, stride=self.stride, padding=1, name="conv1")(x)
       out = nn.relu(batch_norm(train, "bn1")(out))
-      out = batch_norm(train, "bn2")(conv(self.planes, 3, padding=1, name="conv2")(out))
+      out = batch_norm(train, "bn2")(conv_(self.planes, 3, padding=1, name="conv2")(out))
     if self.stride != 1 or x.shape[-1] != out.shape[-1]:
-      x = conv(out.shape[-1], 1, stride=self.stride, name="downsample_conv")(x)
+      x = conv_(out.shape[-1], 1, stride=self.stride, name="downsample_conv")(x)
       x = batch_norm(train, "downsample_bn")(x)
     preact = out + x
     return nn.relu(preact), preact
@@ -55,15 +58,19 @@ class ImageNetResNet(nn.Module):
     stage_sizes: blocks per stage, ``(2, 2, 2, 2)`` for resnet18, ``(3, 4, 6, 3)`` for 34/50.
     bottleneck: bottleneck blocks (resnet50) instead of basic ones.
     num_classes: classifier outputs.
+    conv_impl: ``"xla"``, ``"onednn"`` or ``"auto"``: which 2-D convolution runs
+      (:func:`kdjax.ops.conv2d`).
   """
 
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   bottleneck: bool = False
   num_classes: int = 1000
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = batch_norm(train, "bn1")(conv(64, 7, stride=2, padding=3, name="conv1")(x))
+    x = batch_norm(train, "bn1")(conv(64, 7, stride=2, padding=3, impl=self.conv_impl,
+                                       name="conv1")(x))
     self.sow("intermediates", "stem_preact", x)
     x = nn.relu(x)
     self.sow("intermediates", "stem", x)
@@ -71,7 +78,7 @@ class ImageNetResNet(nn.Module):
     for stage, blocks in enumerate(self.stage_sizes):
       for i in range(blocks):
         stride = 2 if stage > 0 and i == 0 else 1
-        x, preact = ResidualBlock(64 * 2**stage, stride, self.bottleneck,
+        x, preact = ResidualBlock(64 * 2**stage, stride, self.bottleneck, self.conv_impl,
                                   name=f"layer{stage + 1}_{i}")(x, train)
       self.sow("intermediates", f"stage{stage + 1}", x)
       self.sow("intermediates", f"stage{stage + 1}_preact", preact)

@@ -32,10 +32,13 @@ class VGG(nn.Module):
   Attributes:
     widths: conv widths per block (five blocks), e.g. ``VGG_CONFIGS["vgg13"]``.
     num_classes: classifier outputs.
+    conv_impl: ``"xla"``, ``"onednn"`` or ``"auto"``: which 2-D convolution runs
+      (:func:`kdjax.ops.conv2d`).
   """
 
   widths: Sequence[Sequence[int]] = VGG_CONFIGS["vgg8"]
   num_classes: int = 100
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -48,7 +51,8 @@ class VGG(nn.Module):
       for j, width in enumerate(widths):
         if j:
           x = nn.relu(x)
-        x = conv(width, 3, padding=1, bias=True, name=f"block{block}_conv{j}")(x)
+        x = conv(width, 3, padding=1, bias=True, impl=self.conv_impl,
+                 name=f"block{block}_conv{j}")(x)
         x = batch_norm(train, f"block{block}_bn{j}")(x)
       if block:
         self.sow("intermediates", f"stage{block}_preact", x)

@@ -25,19 +25,22 @@ class WideBasicBlock(nn.Module):
 
   planes: int
   stride: int = 1
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
     preact = batch_norm(train, "bn1")(x)
     act = nn.relu(preact)
-    out = conv(self.planes, 3, stride=self.stride, padding=1, name="conv1")(act)
+    out = conv(self.planes, 3, stride=self.stride, padding=1, impl=self.conv_impl,
+               name="conv1")(act)
     out = nn.relu(batch_norm(train, "bn2")(out))
-    out = conv(self.planes, 3, padding=1, name="conv2")(out)
+    out = conv(self.planes, 3, padding=1, impl=self.conv_impl, name="conv2")(out)
     if x.shape[-1] == self.planes:
       if self.stride != 1:
         raise ValueError("WideBasicBlock: a strided block must change the width (as in WRN)")
       return x + out, preact
-    return conv(self.planes, 1, stride=self.stride, name="convShortcut")(act) + out, preact
+    return conv(self.planes, 1, stride=self.stride, impl=self.conv_impl,
+                name="convShortcut")(act) + out, preact
 
 
 class WideResNet(nn.Module):
@@ -57,11 +60,14 @@ class WideResNet(nn.Module):
     depth: ``6 n + 4`` (16, 40 in the benchmarks).
     widen_factor: ``k``.
     num_classes: classifier outputs.
+    conv_impl: ``"xla"``, ``"onednn"`` or ``"auto"``: which 2-D convolution runs
+      (:func:`kdjax.ops.conv2d`).
   """
 
   depth: int = 40
   widen_factor: int = 2
   num_classes: int = 100
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -69,12 +75,12 @@ class WideResNet(nn.Module):
       raise ValueError(f"WideResNet: depth must be 6n+4 with n >= 1, got {self.depth}")
     n = (self.depth - 4) // 6
     widths = [16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor]
-    x = conv(16, 3, padding=1, name="conv1")(x)
+    x = conv(16, 3, padding=1, impl=self.conv_impl, name="conv1")(x)
     self.sow("intermediates", "stem", x)
     for group in range(3):
       for i in range(n):
         stride = 2 if group > 0 and i == 0 else 1
-        x, preact = WideBasicBlock(widths[group], stride,
+        x, preact = WideBasicBlock(widths[group], stride, self.conv_impl,
                                    name=f"block{group + 1}_{i}")(x, train)
         if group > 0 and i == 0:  # bn1 of this block, applied to the previous group's output
           self.sow("intermediates", f"stage{group}_preact", preact)

@@ -10,7 +10,12 @@ from kdjax.training._loop import train_and_evaluate as train_and_evaluate
 from kdjax.training._nonfinite import NonFiniteError as NonFiniteError
 from kdjax.training._optim import make_optimizer as make_optimizer
 from kdjax.training._optim import make_schedule as make_schedule
+from kdjax.training._precision import with_compute_dtype as with_compute_dtype
 from kdjax.training._preemption import Preempted as Preempted
+from kdjax.training._sharding import make_mesh as make_mesh
+from kdjax.training._sharding import memory_report as memory_report
+from kdjax.training._sharding import state_shardings as state_shardings
+from kdjax.training._sharding import tree_shardings as tree_shardings
 from kdjax.training._state import TrainState as TrainState
 from kdjax.training._state import create_train_state as create_train_state
 from kdjax.training._step import frozen_teacher_apply as frozen_teacher_apply
@@ -21,4 +26,9 @@ from kdjax.training._teacher import TeacherGroup as TeacherGroup
 from kdjax.training._teacher import load_teacher_groups as load_teacher_groups
 from kdjax.training._teacher import load_run as load_run
 from kdjax.training._teacher import load_teachers as load_teachers
-from kdjax.training._teacher import teacher_log_probs as teacher_log_probs
+from kdjax.training._teacher_cache import cached_teacher_targets as cached_teacher_targets
+from kdjax.training._teacher_cache import teacher_log_probs as teacher_log_probs
+from kdjax.training._teacher_cache import teacher_targets as teacher_targets
+from kdjax.training._teacher_step import fuse_member_logits as fuse_member_logits
+from kdjax.training._teacher_step import make_teacher_apply as make_teacher_apply
+from kdjax.training._teacher_step import teacher_variables as teacher_variables

@@ -7,8 +7,13 @@ thread), so a good checkpoint never goes before a newer one is complete. A commi
 step whose files were damaged later (truncated, overwritten) fails to restore: the
 trainer then warns, naming the step, moves it to ``WORKDIR/damaged_checkpoints/`` and
 falls back to the previous step.
+
+A streaming run saves its data position beside the state: item ``data``, one
+``process_<i>-of-<n>.json`` per host written by grain's orbax handler
+(``grain.checkpoint.CheckpointSave``), so each host resumes its own shard's stream.
 """
 
+import json
 import pathlib
 import shutil
 import time
@@ -16,6 +21,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import grain.checkpoint
 import jax
 import orbax.checkpoint as ocp
 
@@ -30,8 +36,30 @@ def make_manager(workdir, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> None:
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+class _DataPosition:
+  """A data iterator's position (a JSON-serialisable dict) in the interface grain's
+  checkpoint handler reads and writes: ``get_state() -> bytes``, ``set_state(bytes)``."""
+
+  def __init__(self, state: Any = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, raw: bytes) -> None:
+    self.state = json.loads(raw)
+
+  def start_prefetch(self) -> None:  # called by the handler after set_state
+    pass
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False,
+         data_state: Any = None) -> None:
+  """Saves ``state`` (and, when given, this host's data position) as step ``step``."""
+  items = {"state": ocp.args.StandardSave(state)}
+  if data_state is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(_DataPosition(data_state))
+  manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
 class DamagedCheckpointWarning(UserWarning):
@@ -90,16 +118,41 @@ def _restore_newest_good(manager: ocp.CheckpointManager, restore: Callable[[int]
   return None
 
 
-def restore_latest(manager: ocp.CheckpointManager, target: Any) -> Any | None:
-  """The newest checkpoint that restores, into ``target``'s structure and shardings, or
-  ``None`` when there is none. Damaged newer steps are warned about
-  (:class:`DamagedCheckpointWarning`, naming the step) and moved to
-  ``WORKDIR/damaged_checkpoints/``."""
+def restore_latest(manager: ocp.CheckpointManager, target: Any, *,
+                   with_data: bool = False) -> tuple[Any, Any]:
+  """``(state, data_state)`` of the newest checkpoint that restores: the state in
+  ``target``'s structure and shardings (``target`` itself when there is no checkpoint),
+  and with ``with_data`` this host's saved data position (else ``None``). Damaged newer
+  steps are warned about (:class:`DamagedCheckpointWarning`, naming the step) and moved
+  to ``WORKDIR/damaged_checkpoints/``."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-  return _restore_newest_good(
-      manager, lambda step: manager.restore(step, args=args).state,
-      quarantine=pathlib.Path(manager.directory).parent / "damaged_checkpoints")
+
+  def restore(step):
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    if with_data:
+      items["data"] = grain.checkpoint.CheckpointRestore(_DataPosition())
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return restored.state, (restored.data.state if with_data else None)
+
+  found = _restore_newest_good(
+      manager, restore, quarantine=pathlib.Path(manager.directory).parent / "damaged_checkpoints")
+  return (target, None) if found is None else found
+
+
+def _restore_here(manager: ocp.CheckpointManager, step: int) -> Any:
+  """Step ``step``'s arrays. A checkpoint written by another device topology (e.g.
+  several processes) needs a target: its shapes and dtypes from the checkpoint's metadata,
+  read through this process's first device and returned as NumPy arrays."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  except ValueError as e:
+    if "topology" not in str(e).lower():
+      raise
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        manager.item_metadata(step)["state"])
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  return jax.device_get(restored.state)  # NumPy: placed wherever the caller computes
 
 
 def load_variables(workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -114,9 +167,9 @@ def load_variables(workdir: str | pathlib.Path) -> dict[str, Any]:
   if not path.is_dir():
     raise FileNotFoundError(f"No checkpoints in {workdir!r} (expected {path}/): "
                             "train it first with `kdjax train --workdir ...`")
-  with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False)) as manager:
-    args = ocp.args.Composite(state=ocp.args.StandardRestore())
-    restored = _restore_newest_good(manager, lambda step: manager.restore(step, args=args).state,
+  with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False),
+                             item_handlers={"state": ocp.StandardCheckpointHandler()}) as manager:
+    restored = _restore_newest_good(manager, lambda step: _restore_here(manager, step),
                                     quarantine=None)  # a teacher's workdir is only read
   if restored is None:
     raise FileNotFoundError(f"No complete checkpoint in {path}")

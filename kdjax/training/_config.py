@@ -46,11 +46,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.weights = ()       # fixed fusion weights (empty: uniform)
   c.teacher.fusion_temperature = 1.0  # fuse members' softmax(z / T); set T = the KD temperature
   c.teacher.cache = True       # compute teacher targets once (inputs are not augmented)
+  # False: the teachers (one, or an ensemble) run inside the train step on every batch.
+  c.teacher.fitted_weights = ""  # instead of weights: "REPORT.json[:nll|random]" of kdjax fuse
+  c.teacher.member_strategy = "auto"  # members of a group per device: auto | vmap | map | loop
+  c.teacher.member_axis = ""   # "": every device runs all members on its batch slice;
+  # a mesh axis ("data"): each device holds and runs only its share of the members
+  c.teacher.disk_cache = True  # cached targets stored on disk and reused by later runs
+  c.teacher.cache_dir = ""     # "": $KDJAX_CACHE_DIR, else <workdir's parent>/.kdjax_cache
   # A teacher from a file kdjax did not write (instead of workdir): an orbax checkpoint
   # directory, a flax msgpack file (*.msgpack) or a PyTorch state_dict (*.pth), and its
   # architecture {"name": registry name, **fields}; see kdjax.training._teacher_files.
   c.teacher.params_file = ""
   c.teacher.model = ml_collections.ConfigDict({"name": ""})
+  c.teacher.dtype = ""         # teacher compute dtype ("": config.dtype); params stay as loaded
 
   # Structure distillation: copy teacher layers into the student before training.
   c.init = ml_collections.ConfigDict()
@@ -75,13 +83,24 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.grad_clip_norm = 0.0
 
   c.batch_size = 100
+  # Length: num_epochs > 0 takes precedence and derives num_steps = num_epochs *
+  # (training examples // batch_size); num_steps must then be 0 or that number (else an
+  # error). num_epochs = 0 trains num_steps.
+  c.num_epochs = 0
   c.num_steps = 6000
-  c.log_every = 500           # steps per jitted chunk; metrics are logged once a chunk
+  c.log_every = 500           # metrics are read and logged once every log_every steps
+  c.steps_per_call = 0        # steps per jitted lax.scan call (divides log_every; 0: log_every)
   c.eval_every = 1000
   c.checkpoint_every = 1000
   c.keep_checkpoints = 2
   c.eval_batch_size = 1000
   c.num_devices = 0           # 0: every device
+  # Device mesh and parameter sharding (kdjax.training._sharding): batches split over
+  # "data"; params by rules [(path regex, spec)], spec a tuple of mesh axes / None,
+  # "fsdp" (largest divisible dim over "model"), "fsdp:data,model" or "replicated".
+  c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: the rest of the devices
+  c.sharding = ml_collections.ConfigDict({"student": (), "teacher": ()})
+  c.dtype = "float32"         # compute dtype: float32 | bfloat16 | float16 (params stay float32)
   c.progress_bar = True
   c.on_nonfinite = "stop"     # NaN/inf loss or gradient: "stop" (error) or "skip" the update
   return c
@@ -90,6 +109,7 @@ def default_config() -> ml_collections.ConfigDict:
 def smoke_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to a run of seconds (40 steps), for tests and ``:smoke``."""
   c.batch_size = 80  # divisible by the 8 virtual test devices
+  c.num_epochs = 0
   c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20
   if c.optimizer.warmup_steps:
     c.optimizer.warmup_steps = 5

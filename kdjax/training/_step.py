@@ -15,9 +15,11 @@ import numpy as np
 import optax
 
 from kdjax import losses
-from kdjax.data import shard_batch
+from kdjax.data import host_slice, shard_batch
 from kdjax.models import as_model
+from kdjax.training._distributed import to_host
 from kdjax.training._nonfinite import summarize_chunk
+from kdjax.training._padding import mask_batch_norm, masked_mean
 from kdjax.training._state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -44,7 +46,8 @@ def frozen_teacher_apply(teacher: Any, features=()) -> TeacherApply:
 
 def make_train_chunk(*, model: Any, objective: losses.Objective,
                      tx: optax.GradientTransformation,
-                     teacher_apply: TeacherApply | None = None) -> Callable:
+                     teacher_apply: TeacherApply | None = None,
+                     state_shardings: Any = None) -> Callable:
   """Builds ``train_chunk(state, batches, teacher_variables) -> (state, metrics)``.
 
   Args:
@@ -58,10 +61,16 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
     teacher_apply: ``(teacher_variables, x) -> (logits, features)`` for a teacher run
       inside the step (online), e.g. :func:`frozen_teacher_apply`. ``None`` when teacher
       logits come cached in ``batches["teacher_logits"]`` or no teacher is needed.
+    state_shardings: optional ``NamedSharding`` pytree of the state
+      (:func:`kdjax.training._sharding.state_shardings`): every step's new state is
+      constrained to it, so sharded params and optimizer state stay sharded (XLA's
+      propagation alone may return them replicated).
 
   The returned function is jitted with the state donated. ``batches`` holds
-  ``"x": [K, B, ...]`` and optionally ``"y": [K, B]`` and
-  ``"teacher_logits": [K, B, C]``. Metrics are means over the K steps (over the finite
+  ``"x": [K, B, ...]`` and optionally ``"y": [K, B]``, ``"label_probs": [K, B, C]``
+  (soft targets, e.g. mixup's; they replace one-hot labels in the terms that take them),
+  ``"teacher_logits": [K, B, C]`` and ``"mask": [K, B]`` (``False``: a padded row that
+  counts nowhere, see :mod:`kdjax.training._padding`). Metrics are means over the K steps (over the finite
   ones, with health fields: :func:`kdjax.training._nonfinite.summarize_chunk`).
 
   Under data parallelism (``batches`` sharded over a data mesh, the state
@@ -72,9 +81,11 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
   student_feature_paths = tuple(sorted(objective.student_features))
 
   def loss_fn(params, model_state, rng, batch: Batch, teacher_variables, step):
-    student_logits, student_features, new_state = student.apply(
-        {"params": params["student"], **model_state}, batch["x"], train=True, rng=rng,
-        features=student_feature_paths)
+    mask = batch.get("mask")  # [B] real rows of a padded batch (kdjax.training._padding)
+    with mask_batch_norm(mask):
+      student_logits, student_features, new_state = student.apply(
+          {"params": params["student"], **model_state}, batch["x"], train=True, rng=rng,
+          features=student_feature_paths)
     teacher_logits = batch.get("teacher_logits")
     teacher_features = {}
     teacher_params = None
@@ -85,18 +96,20 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
     inputs = losses.LossInputs(
         student_logits=student_logits,
         labels=batch.get("y"),
+        label_probs=batch.get("label_probs"),  # mixup's soft targets, [B, C]
         teacher_logits=teacher_logits,
         student_features=student_features,
         teacher_features=teacher_features,
         student_params=params["student"],
         teacher_params=teacher_params,
+        where=mask,
     )
     loss, metrics = objective(params["aux"], inputs, step=step)  # step: weight schedules
     if "y" in batch:
-      metrics["accuracy"] = jnp.mean(jnp.argmax(student_logits, -1) == batch["y"])
+      metrics["accuracy"] = masked_mean(jnp.argmax(student_logits, -1) == batch["y"], mask)
     if teacher_logits is not None:
-      metrics["teacher_agreement"] = jnp.mean(
-          jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1))
+      metrics["teacher_agreement"] = masked_mean(
+          jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1), mask)
     return loss, (metrics, new_state)
 
   def train_step(state: TrainState, batch: Batch, teacher_variables) -> tuple[TrainState, dict]:
@@ -112,12 +125,17 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
     model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), model_state,
                                state.model_state)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         model_state=model_state), metrics
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                          model_state=model_state)
+    if state_shardings is not None:
+      state = jax.lax.with_sharding_constraint(state, state_shardings)
+    return state, metrics
 
   def train_chunk(state: TrainState, batches: Batch, teacher_variables=None):
     state, metrics = jax.lax.scan(lambda s, b: train_step(s, b, teacher_variables), state,
                                   batches)
+    if state_shardings is not None:  # the chunk's output too, not only the scan's carry
+      state = jax.lax.with_sharding_constraint(state, state_shardings)
     return state, summarize_chunk(metrics)  # means + health (kdjax.training._nonfinite)
 
   return jax.jit(train_chunk, donate_argnums=0)
@@ -134,7 +152,8 @@ def predict_in_batches(predict: Callable, params: Any, x, *, batch_size: int, me
   """Logits for all of ``x`` (NumPy), in batches sharded over ``mesh``'s data axis.
 
   The last batch is padded to ``batch_size`` (so one program serves every batch)
-  and the padding is dropped.
+  and the padding is dropped. With several processes each feeds its slice of every
+  batch and receives all the logits.
   """
   outputs = []
   for start in range(0, len(x), batch_size):
@@ -143,6 +162,6 @@ def predict_in_batches(predict: Callable, params: Any, x, *, batch_size: int, me
     if n < batch_size:
       xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
     if mesh is not None:
-      xb = shard_batch(xb, mesh)
-    outputs.append(np.asarray(predict(params, xb))[:n])
+      xb = shard_batch(xb[host_slice(np.arange(batch_size))], mesh)
+    outputs.append(to_host(predict(params, xb))[:n])
   return np.concatenate(outputs)

@@ -15,7 +15,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 
 from kdjax.models import as_model, get_model
 from kdjax.training._checkpoint import load_variables
@@ -142,43 +141,3 @@ def single_teacher(groups: list[TeacherGroup]) -> tuple[nn.Module, Any]:
                      f"{sum(g.size for g in groups)} members")
   group = groups[0]
   return group.model, jax.tree.map(lambda leaf: leaf[0], group.variables)
-
-
-def teacher_log_probs(groups: list[TeacherGroup], x: np.ndarray, *, space: str = "prob",
-                      weights=None, temperature: float = 1.0,
-                      batch_size: int = 4096) -> np.ndarray:
-  r"""Teacher outputs for all of ``x``, ``[N, C]``: the logits of a single teacher, or
-  the fused log-probabilities of an ensemble (``kdjax.fusion.average``/``weighted``
-  in ``space``). Used to cache teacher targets once before training.
-
-  With ``temperature`` :math:`\tau \ne 1` an ensemble is fused at that temperature and
-  the result scaled back, :math:`\tau \log \bar p_\tau` with
-  :math:`\bar p_\tau = \mathrm{fuse}_m(\mathrm{softmax}(z_m / \tau))`, so that a KD
-  loss at temperature :math:`\tau` sees exactly :math:`\bar p_\tau`, the average of the
-  members' *tempered* distributions (rather than a tempered average). For a single
-  teacher both are the same."""
-  from kdjax import ensemble, fusion
-
-  if space not in fusion.SPACES:  # checked up front: a single teacher never reaches fusion
-    raise ValueError(f"Unknown teacher fusion {space!r}; known: {list(fusion.SPACES)}")
-
-  # Several devices: each holds its share of every group's members (one sharded call).
-  member_mesh = ensemble.make_member_mesh() if jax.device_count() > 1 else None
-  # Groups concatenate members by architecture; put them back in the user's order
-  # (fusion weights are given in that order).
-  order = np.argsort(np.concatenate([g.indices for g in groups]))
-  outputs = []
-  for start in range(0, len(x), batch_size):
-    xb = jax.numpy.asarray(x[start:start + batch_size])
-    member_logits = jax.numpy.concatenate([
-        ensemble.sharded_apply(eval_apply_fn(g.model), g.variables, xb, mesh=member_mesh)
-        if member_mesh else ensemble.apply(eval_apply_fn(g.model), g.variables, xb)
-        for g in groups])[order] / temperature
-    if member_logits.shape[0] == 1:
-      fused = member_logits[0]
-    elif weights:
-      fused = fusion.weighted(member_logits, jax.numpy.asarray(weights), space=space)
-    else:
-      fused = fusion.average(member_logits, space=space)
-    outputs.append(np.asarray(fused) * temperature)
-  return np.concatenate(outputs)

@@ -1,0 +1,22 @@
+"""Optional native kernels for XLA:CPU, called through XLA's FFI (``jax.ffi``).
+
+Why this package exists: on the CPU, XLA's own 2-D convolutions are what keeps a CIFAR ResNet
+distillation step at about half of PyTorch's speed (``/work/shared/NOTES.md``: resnet56 ->
+resnet20 at 0.5x; im2col, shifted matmuls and XLA's oneDNN/XNNPACK flags did not help).
+:func:`conv2d` runs the forward and both backward convolutions as oneDNN primitives instead,
+the same library PyTorch uses on the CPU.
+
+Everything here is optional: kdjax imports and runs without a compiler or oneDNN, and
+``impl="auto"`` (``config.model.conv_impl``) falls back to ``lax.conv_general_dilated``. To
+enable it: ``pip install 'kdjax[onednn]'`` (oneDNN 3 from PyPI), have ``g++``, then
+``python -m kdjax.ops.build`` (or let the first use build it, about 20 s, cached in
+``~/.cache/kdjax``).
+"""
+
+from kdjax.ops._build import OnednnUnavailableError as OnednnUnavailableError
+from kdjax.ops._build import build as build_onednn
+from kdjax.ops._build import onednn_available as onednn_available
+from kdjax.ops._build import onednn_unavailable_reason as onednn_unavailable_reason
+from kdjax.ops._conv2d import CONV_IMPLS as CONV_IMPLS
+from kdjax.ops._conv2d import conv2d as conv2d
+from kdjax.ops._conv2d import conv_general_dilated as conv_general_dilated

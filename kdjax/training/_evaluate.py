@@ -1,0 +1,82 @@
+r"""Evaluation of the student (eval mode) on held-out data.
+
+In-memory splits are evaluated whole (:func:`evaluate_arrays`); a streaming evaluation
+pipeline (:func:`evaluate_stream`) is one pass whose last batch is padded to the global
+batch size, its padding marked ``mask=False``. Both report accuracy and mean NLL over the
+real examples only:
+
+.. math::
+   \mathrm{acc} = \frac{\sum_i m_i [\arg\max_c z_{ic} = y_i]}{\sum_i m_i}, \qquad
+   \mathrm{nll} = \frac{\sum_i m_i \, (-\log \mathrm{softmax}(z_i)_{y_i})}{\sum_i m_i}.
+
+With several hosts the sums are over the *global* batch (``jit`` over arrays sharded
+across hosts), so every host gets the same numbers and no per-host mean is averaged.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from kdjax import data as kd_data
+from kdjax import losses, metrics
+from kdjax.training._step import predict_in_batches
+
+
+def evaluate_arrays(predict: Callable, variables: Any, split: dict, *, batch_size: int,
+                    mesh) -> dict[str, float]:
+  """Accuracy and mean NLL of ``predict(variables, x)`` on an in-memory split
+  ``{"x": [N, ...], "y": [N]}`` (batches of ``batch_size`` sharded over ``mesh``)."""
+  logits = predict_in_batches(predict, variables, split["x"], batch_size=batch_size, mesh=mesh)
+  return {"accuracy": float(metrics.accuracy(logits, split["y"])),
+          "nll": float(metrics.nll(logits, split["y"]))}
+
+
+@jax.jit
+def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+  """``{"correct", "nll", "count"}`` summed over the rows where ``mask`` holds (and the
+  label is a class); ``logits [B, C]``, ``labels [B]``, ``mask [B]`` bool."""
+  logits = logits.astype(jnp.float32)
+  keep = mask & losses.label_mask(labels, logits.shape[-1])
+  correct = jnp.argmax(logits, -1) == labels
+  return {"correct": jnp.sum(jnp.where(keep, correct, 0)),
+          "nll": jnp.sum(jnp.where(keep, losses.cross_entropy(logits, labels), 0.0)),
+          "count": jnp.sum(keep)}
+
+
+def evaluate_stream(predict: Callable, variables: Any, pipeline, *, mesh) -> dict[str, float]:
+  """Accuracy and mean NLL of ``predict(variables, x)`` over one pass of a streaming
+  evaluation ``pipeline`` (:class:`kdjax.data.Pipeline`, this host's shard), counting
+  only examples with ``mask=True``.
+
+  Raises:
+    ValueError: if the pass holds no real example.
+  """
+  totals = None
+  iterator = pipeline.iterator()
+  try:
+    for batch in iterator:
+      placed = kd_data.shard_batch({k: batch[k] for k in ("x", "y", "mask")}, mesh)
+      sums = masked_sums(predict(variables, placed["x"]), placed["y"], placed["mask"])
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  finally:
+    iterator.close()
+  count = 0 if totals is None else int(totals["count"])
+  if not count:
+    raise ValueError(f"the evaluation pipeline {pipeline.meta.get('name')!r} has no examples")
+  return {"accuracy": float(totals["correct"]) / count, "nll": float(totals["nll"]) / count}
+
+
+def evaluate_all(predict: Callable, variables: Any, data, *, batch_size: int, mesh,
+                 splits: tuple[str, ...] = ("val", "test")) -> dict[str, dict[str, float]]:
+  """``{split: {"accuracy", "nll"}}`` for the held-out ``splits`` the run's data has
+  (a :class:`kdjax.training._inputs.TrainingData`; streaming data has ``"test"``, its
+  evaluation pipeline)."""
+  if data.streaming:
+    if "test" not in splits:
+      return {}
+    return {"test": evaluate_stream(predict, variables, data.pipelines["eval"], mesh=mesh)}
+  return {name: evaluate_arrays(predict, variables, data.splits[name], batch_size=batch_size,
+                                mesh=mesh)
+          for name in splits if name in data.splits}

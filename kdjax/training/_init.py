@@ -1,0 +1,57 @@
+"""The initial train state of a run: student, optional teacher layers, the objective's
+aux params, optimizer state and dropout key."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from kdjax import losses
+from kdjax.models import as_model, split_variables
+from kdjax.training._state import TrainState
+from kdjax.training._teacher import load_teacher_groups, single_teacher
+from kdjax.training._teacher_setup import Teachers
+
+
+def init_train_state(config, *, model: Any, objective: losses.Objective,
+                     tx: optax.GradientTransformation, teachers: Teachers, num_classes: int,
+                     sample_x: jax.Array, sample_y, sample_teacher_logits=None
+                     ) -> tuple[TrainState, list]:
+  """``(state, copied)``: a fresh :class:`TrainState` (not yet placed on devices) and the
+  names of teacher layers copied into the student (``config.init.from_teacher``).
+
+  Args:
+    config: the run's config (``seed``, ``init``, ``teacher``).
+    model: the student module.
+    objective: from :func:`kdjax.losses.make_objective`; ``objective.init`` makes the aux
+      params from one batch of inputs.
+    tx: the optimizer.
+    teachers: from :func:`kdjax.training._teacher_setup.setup_teachers`.
+    num_classes: output classes.
+    sample_x: ``[B, ...]`` inputs to trace shapes; sample_y: their labels ``[B]`` or ``None``.
+    sample_teacher_logits: ``[B, C]`` cached teacher targets of ``sample_x`` (cached runs).
+  """
+  rng_student, rng_aux = jax.random.split(jax.random.key(config.seed))
+  student = as_model(model)
+  student_params, model_state = split_variables(student.init(rng_student, sample_x))
+  copied = []
+  if config.init.from_teacher:
+    groups = teachers.groups or load_teacher_groups(config.teacher, num_classes=num_classes,
+                                                    sample_x=sample_x)
+    _, t_variables = single_teacher(groups)
+    student_params, copied = losses.init_from_teacher(
+        student_params, t_variables["params"], mapping=config.init.mapping or None)
+  s_logits, s_features, _ = student.apply({"params": student_params, **model_state}, sample_x,
+                                          train=False, features=objective.student_features)
+  t_logits, t_features = ((teachers.apply(teachers.variables, sample_x)) if teachers.apply else
+                          (sample_teacher_logits, {}))
+  aux_params = objective.init(rng_aux, losses.LossInputs(
+      student_logits=s_logits, labels=sample_y, teacher_logits=t_logits,
+      student_features=s_features, teacher_features=t_features, student_params=student_params,
+      teacher_params=None if teachers.variables is None else teachers.variables["params"]))
+  params = {"student": student_params, "aux": aux_params}
+  dropout_key = jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 0xD50))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     model_state=model_state, rng=dropout_key)
+  return state, copied

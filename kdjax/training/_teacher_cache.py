@@ -1,0 +1,242 @@
+r"""Cached teacher targets: computed data-parallel, written to disk once, reused.
+
+:func:`teacher_targets` runs the step's own teacher function
+(:func:`~kdjax.training._teacher_step.make_teacher_apply`) over all inputs, each batch split
+over the devices of a ``data`` mesh axis (every device runs every member on its slice; the
+member axis is never padded to the device count). :func:`cached_teacher_targets` stores the
+result under a key of everything it depends on, so later runs and resumes load it instead of
+running the teachers again:
+
+* the teachers: each member's path, newest checkpoint step and a BLAKE2 fingerprint of its
+  variables (so a retrained teacher in the same workdir is a different key);
+* the data: the caller's description (name, loader kwargs, transfer set, sizes) and a
+  fingerprint of the input bytes;
+* the fusion: space, weights, temperature.
+
+Files are ``CACHE_DIR/<sha256 of the key>.npy`` with a ``.json`` beside it holding the key.
+Both are written to a temporary name and renamed (``os.replace``, atomic on POSIX), so a
+process killed mid-write never leaves a partial file under the final name.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from kdjax.training._teacher_sharded import make_sharded_teacher_apply, sharded_teacher_variables
+from kdjax.training._teacher_step import make_teacher_apply, teacher_variables
+
+CACHE_ENV = "KDJAX_CACHE_DIR"
+
+
+def _data_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def targets_program(groups: Sequence, *, mesh: Mesh, data_axis: str = "data", space: str = "prob",
+                    weights=None, temperature: float = 1.0, strategy: str = "auto",
+                    member_axis: str = ""):
+  """``(run, variables, sharding)``: the jitted ``run(variables, x [B, ...]) -> [B, C]`` with
+  ``x`` and the result sharded over ``data_axis`` (``sharding``) and ``variables`` (the
+  teachers', placed) replicated, or split over ``member_axis`` when given
+  (:mod:`kdjax.training._teacher_sharded`)."""
+  if data_axis not in mesh.shape:
+    raise ValueError(f"teacher_targets: mesh has no axis {data_axis!r}; its axes: "
+                     f"{list(mesh.shape)}")
+  fusion_args = {"space": space, "weights": weights, "temperature": temperature,
+                 "strategy": strategy}
+  if member_axis:
+    apply = make_sharded_teacher_apply(groups, mesh=mesh, member_axis=member_axis,
+                                       data_axis=data_axis, **fusion_args)
+    variables = sharded_teacher_variables(groups, mesh, member_axis)
+  else:
+    apply = make_teacher_apply(groups, **fusion_args)
+    variables = jax.device_put(teacher_variables(groups), NamedSharding(mesh, P()))
+  sharded = NamedSharding(mesh, P(data_axis))
+  run = jax.jit(lambda v, xb: apply(v, xb)[0], out_shardings=sharded)  # inputs come placed
+  return run, variables, sharded
+
+
+def teacher_targets(groups: Sequence, x: np.ndarray, *, mesh: Mesh | None = None,
+                    data_axis: str = "data", space: str = "prob", weights=None,
+                    temperature: float = 1.0, batch_size: int = 4096,
+                    strategy: str = "auto", member_axis: str = "") -> np.ndarray:
+  r"""Teacher targets for all of ``x``, data-parallel: the logits of a single teacher, or
+  the ensemble's :math:`\tau \log \mathrm{fuse}_m(\mathrm{softmax}(z_m/\tau))`
+  (:func:`~kdjax.training._teacher_step.fuse_member_logits`).
+
+  Each batch (``batch_size`` rounded to a multiple of the data axis, the last one
+  zero-padded and the padding dropped) is sharded over ``mesh``'s ``data_axis``; the teacher
+  variables are replicated, so every device runs every member on ``B / D`` inputs.
+
+  Args:
+    groups: :class:`~kdjax.training.TeacherGroup` s.
+    x: ``[N, ...]`` inputs, the same global array on every process.
+    mesh: a mesh with axis ``data_axis`` (default: every device on one ``"data"`` axis).
+    space, weights, temperature, strategy: as :func:`make_teacher_apply`.
+    member_axis: a mesh axis to split the members over (``""``: each device runs every
+      member on its slice of the batch).
+    batch_size: global inputs per call.
+
+  Returns:
+    ``[N, C]`` float32 NumPy array, all ``N`` rows on every process (gathered from the
+    processes' shards when there are several).
+  """
+  mesh = _data_mesh() if mesh is None else mesh
+  run, variables, sharded = targets_program(groups, mesh=mesh, data_axis=data_axis, space=space,
+                                            weights=weights, temperature=temperature,
+                                            strategy=strategy, member_axis=member_axis)
+  devices = mesh.shape[data_axis]
+  n = len(x)
+  batch = min(max(batch_size // devices, 1), -(-n // devices)) * devices
+  outputs = []
+  for start in range(0, n, batch):
+    xb = np.asarray(x[start:start + batch])
+    rows = len(xb)
+    if rows < batch:
+      xb = np.concatenate([xb, np.zeros((batch - rows, *xb.shape[1:]), xb.dtype)])
+    xb = jax.make_array_from_callback(xb.shape, sharded, lambda index, xb=xb: xb[index])
+    out = run(variables, xb)
+    if jax.process_count() > 1:
+      out = multihost_utils.process_allgather(out, tiled=True)
+    outputs.append(np.asarray(out, np.float32)[:rows])
+  return np.concatenate(outputs)
+
+
+teacher_log_probs = teacher_targets  # the name kdjax.training exported first
+
+
+# ----------------------------------------------------------------------------- disk cache
+
+
+def default_cache_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+  """``$KDJAX_CACHE_DIR`` if set, else ``<workdir's parent>/.kdjax_cache``: runs that share
+  a parent folder (``runs/``) share their teacher targets."""
+  env = os.environ.get(CACHE_ENV)
+  return pathlib.Path(env) if env else pathlib.Path(workdir).absolute().parent / ".kdjax_cache"
+
+
+def _fingerprint(tree: Any) -> str:
+  """BLAKE2b of every leaf's path, dtype, shape and bytes."""
+  h = hashlib.blake2b(digest_size=16)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _newest_step(workdir: str) -> int | None:
+  ckpts = pathlib.Path(workdir) / "checkpoints"
+  steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
+  return max(steps) if steps else None
+
+
+def teacher_identity(groups: Sequence) -> list[dict]:
+  """Per member, in the order the teachers were given: its path, newest checkpoint step
+  and a fingerprint of its variables."""
+  members = []
+  for g in groups:
+    for i, (workdir, index) in enumerate(zip(g.workdirs, g.indices)):
+      member = jax.tree.map(lambda leaf, i=i: leaf[i], g.variables)
+      members.append({"index": int(index), "path": str(pathlib.Path(workdir).absolute()),
+                      "step": _newest_step(workdir), "fingerprint": _fingerprint(member)})
+  return sorted(members, key=lambda m: m["index"])
+
+
+def cache_key(groups: Sequence, x: np.ndarray, *, data: dict, space: str, weights,
+              temperature: float) -> dict:
+  """Everything the targets depend on, as a JSON-ready dict (see the module docstring)."""
+  return {"teachers": teacher_identity(groups),
+          "data": {**data, "num_inputs": int(len(x)), "input_shape": list(np.shape(x)[1:]),
+                   "input_fingerprint": _fingerprint(np.asarray(x))},
+          "fusion": {"space": space, "weights": [float(w) for w in (weights or ())],
+                     "temperature": float(temperature)}}
+
+
+def _atomic_write(path: pathlib.Path, write: Callable[[Any], None]) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _read(path: pathlib.Path, num_inputs: int) -> np.ndarray | None:
+  """The cached array, or ``None`` (with a warning) when it is unreadable or the wrong shape."""
+  try:
+    targets = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    warnings.warn(f"teacher target cache {path} is unreadable ({type(e).__name__}: {e}); "
+                  "recomputing it", stacklevel=3)
+    return None
+  if targets.ndim != 2 or len(targets) != num_inputs:
+    warnings.warn(f"teacher target cache {path} holds shape {targets.shape}, expected "
+                  f"[{num_inputs}, C]; recomputing it", stacklevel=3)
+    return None
+  return targets
+
+
+def cached_teacher_targets(groups: Sequence, x: np.ndarray, *, cache_dir: str | pathlib.Path,
+                           data: dict, space: str = "prob", weights=None,
+                           temperature: float = 1.0, mesh: Mesh | None = None,
+                           data_axis: str = "data", batch_size: int = 4096,
+                           strategy: str = "auto", member_axis: str = "") -> tuple[np.ndarray, dict]:
+  """:func:`teacher_targets`, read from ``cache_dir`` when an earlier run stored them under
+  the same :func:`cache_key`, else computed and stored (atomically; by process 0 only).
+
+  With several processes, process 0 decides whether the file exists and tells the others
+  (``cache_dir`` must then be a filesystem every host reads).
+
+  Args:
+    data: the inputs' identity, e.g. ``{"name", "kwargs", "val_size", "transfer"}``.
+    Others: as :func:`teacher_targets`.
+
+  Returns:
+    ``(targets [N, C], info)`` with ``info = {"path", "reused", "seconds"}``: the file, whether
+    it was read rather than computed, and the wall time either took.
+  """
+  start = time.time()
+  key = cache_key(groups, x, data=data, space=space, weights=weights, temperature=temperature)
+  text = json.dumps(key, sort_keys=True)
+  name = hashlib.sha256(text.encode()).hexdigest()[:32]
+  folder = pathlib.Path(cache_dir)
+  path = folder / f"teacher_targets_{name}.npy"
+  exists = path.is_file()
+  if jax.process_count() > 1:
+    exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+  targets = _read(path, len(x)) if exists else None
+  reused = targets is not None
+  if jax.process_count() > 1:  # every process computes (a collective) or none does
+    agreed = bool(multihost_utils.broadcast_one_to_all(np.int32(reused)))
+    if agreed and not reused:
+      raise FileNotFoundError(f"process {jax.process_index()} cannot read the teacher target "
+                              f"cache {path} that process 0 read: put the cache directory on "
+                              f"a filesystem every host shares (${CACHE_ENV})")
+    reused = agreed
+  if not reused:
+    targets = teacher_targets(groups, x, mesh=mesh, data_axis=data_axis, space=space,
+                              weights=weights,
+                              temperature=temperature, batch_size=batch_size, strategy=strategy,
+                              member_axis=member_axis)
+    if jax.process_index() == 0:
+      folder.mkdir(parents=True, exist_ok=True)
+      _atomic_write(path, lambda f: np.save(f, targets, allow_pickle=False))
+      _atomic_write(path.with_suffix(".json"),
+                    lambda f: f.write(json.dumps(key, indent=2, sort_keys=True).encode()))
+  return targets, {"path": str(path), "reused": reused, "seconds": round(time.time() - start, 3)}
