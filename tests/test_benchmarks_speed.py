@@ -1,0 +1,97 @@
+"""Smoke tests of the speed benchmarks (benchmarks/step_speed.py, ensemble_vs_torch.py,
+teacher_online_vs_cached.py, gpu_check.sh) at tiny sizes, kdjax rows only: PyTorch is never a test
+dependency. Speed itself is never asserted here; the benchmarks measure it."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _outputs(out_dir, name):
+  for ext in ("json", "md", "png"):
+    assert (out_dir / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext} missing"
+  return json.loads((out_dir / f"{name}.json").read_text())
+
+
+def test_step_speed_quick_kdjax_rows(tmp_path):
+  bench = _load("step_speed")
+  rows = bench.main(["--quick", "--no-torch", "--workloads", "W1_tiny", "--out-dir",
+                     str(tmp_path)])
+  assert {r["impl"] for r in rows} == {"kdjax_chunk", "kdjax_1", "kdjax_cached"}
+  payload = _outputs(tmp_path, "step_speed")
+  assert payload["meta"]["quick"] and len(payload["rows"]) == 3
+  # XLA's FLOP count of one step covers at least the matmuls of teacher forward (1x) and
+  # student forward + backward (3x; no gradient for the inputs), and not wildly more.
+  w = bench.QUICK["W1_tiny"]
+  b = w["batch"]
+
+  def dense_flops(hidden):
+    dims = [int(np.prod(w["shape"])), *hidden, w["classes"]]
+    return sum(2 * b * i * o for i, o in zip(dims[:-1], dims[1:]))
+
+  first = 2 * b * int(np.prod(w["shape"])) * w["student"][1]["hidden"][0]
+  teacher = dense_flops(w["teacher"][1]["hidden"])
+  student = 3 * dense_flops(w["student"][1]["hidden"]) - first
+  flops = {r["impl"]: r["step_gflop"] * 1e9 for r in rows}
+  for impl in ("kdjax_chunk", "kdjax_1"):
+    assert teacher + student <= flops[impl] < 4 * (teacher + student), (impl, flops)
+  # The cached step runs no teacher forward: its count is lower by about that forward.
+  assert student <= flops["kdjax_cached"] < 4 * student, flops
+  assert teacher <= flops["kdjax_chunk"] - flops["kdjax_cached"] < 2 * teacher, flops
+  for r in rows:
+    assert r["samples_per_s"]["median"] > 0 and "ratio" not in r  # no PyTorch baseline
+  table = (tmp_path / "step_speed.md").read_text()
+  assert "kdjax_chunk" in table and "load" in table
+
+
+def test_step_speed_rejects_unknown_workload(tmp_path):
+  with pytest.raises(ValueError, match="W9"):
+    _load("step_speed").main(["--workloads", "W9", "--no-torch", "--out-dir", str(tmp_path)])
+
+
+def test_ensemble_vs_torch_quick_mlp(tmp_path):
+  rows = _load("ensemble_vs_torch").main(["--quick", "--no-torch", "--models", "mlp",
+                                          "--out-dir", str(tmp_path)])
+  assert {r["impl"] for r in rows} == {"apply[auto]", "apply[vmap]", "apply[map]", "jax_loop"}
+  loop = next(r for r in rows if r["impl"] == "jax_loop")
+  assert loop["vs_jax_loop"]["median"] == pytest.approx(1.0)
+  assert _outputs(tmp_path, "ensemble_vs_torch")["meta"]["members"] == 3
+
+
+def test_teacher_cache_quick_same_accuracy(tmp_path):
+  payload = _load("teacher_online_vs_cached").main(["--quick", "--out-dir", str(tmp_path)])
+  acc = {r["impl"]: r["test_accuracy"] for r in payload["rows"]}
+  # Cached targets are the online teacher's logits: both students see the same loss.
+  assert abs(acc["online"] - acc["cached"]) <= 0.01, acc
+  assert payload["cache_build_s"] > 0
+  _outputs(tmp_path, "teacher_online_vs_cached")
+
+
+def test_gpu_check_cpu_smoke(tmp_path):
+  env = {**os.environ, "PYTHON": sys.executable}
+  env.pop("XLA_FLAGS", None)
+  # bfloat16 only: the cast path (float32 runs the same code without the cast).
+  proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--cpu-smoke", "--dtypes",
+                         "bfloat16", "--out-dir", str(tmp_path)], env=env, capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  payload = _outputs(tmp_path, "gpu_check_cpu_smoke")
+  assert [r["dtype"] for r in payload["rows"]] == ["bfloat16"]
+  for r in payload["rows"]:
+    assert np.isfinite(r["final_loss"]) and r["step_gflop"] > 0
+  assert payload["meta"]["backend"] == "cpu"
