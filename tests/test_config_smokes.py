@@ -1,5 +1,10 @@
-"""Every shipped reproduction config's smoke variant through `train_and_evaluate` on
-tfds mock data (``config.data.mock_examples``; nothing downloads).
+"""Shipped reproduction configs' smoke variants through `train_and_evaluate` on tfds mock
+data (``config.data.mock_examples``; nothing downloads).
+
+The suite runs the Hinton MNIST smokes and the KD smoke of one CIFAR-100 pair; the whole
+matrix (every pair, every method on resnet56_to_resnet20, the ImageNet configs) compiles
+deep ResNets on the CPU for about 20 CPU-minutes, more than CI's budget, and lives in
+``tests/full_config_smokes.py``: ``pytest tests/full_config_smokes.py``.
 
 KD smokes read their teacher from a flax msgpack file (``teacher.params_file``, the
 config's ``teacher.model`` architecture) of a freshly initialised teacher, except on
@@ -18,10 +23,9 @@ import jax.numpy as jnp
 import pytest
 import tensorflow_datasets as tfds
 
-from kdjax import recipes
 from kdjax.configs import load_config
 from kdjax.models import as_model, get_model
-from kdjax.training import NonFiniteError, train_and_evaluate
+from kdjax.training import train_and_evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -70,56 +74,13 @@ def write_msgpack_teacher(path: pathlib.Path, name: str, num_classes: int, size:
   return str(path)
 
 
-@pytest.fixture(scope="module")
-def resnet56_teacher(tmp_path_factory):
-  """The workdir of resnet56_to_resnet20's ``teacher,smoke`` run."""
-  workdir = tmp_path_factory.mktemp("teacher_resnet56")
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv("TFDS_DATA_DIR", str(workdir / "tfds"))
-    run(f"cifar100/{ALL_METHODS_PAIR}.py", "teacher,smoke", workdir)
-  return workdir
-
-
-@pytest.mark.parametrize("pair", [p for p in CIFAR_PAIRS if p != ALL_METHODS_PAIR])
+@pytest.mark.parametrize("pair", ["vgg13_to_vgg8"])  # the other pairs: full_config_smokes.py
 def test_cifar100_kd_smoke_from_a_params_file(pair, tmp_path):
   teacher = pair.split("_to_")[0]
   params_file = write_msgpack_teacher(tmp_path / f"{teacher}.msgpack", teacher, 100, 32)
   summary = run(f"cifar100/{pair}.py", "kd,smoke", tmp_path / "kd",
                 **{"teacher.params_file": params_file})
   assert summary["teacher_test"]["members"] == 1
-
-
-FITNETS_DIVERGES = pytest.mark.xfail(
-    strict=True, raises=NonFiniteError,
-    reason="measured 2026-11-28: the published FitNets recipe (hint weight 100, SGD 0.05) "
-           "overflows at step 3 on mock data with a 4-step teacher; open: fix the smoke recipe")
-
-
-@pytest.mark.parametrize("method", [pytest.param(m, marks=FITNETS_DIVERGES) if m == "fitnets"
-                                    else m for m in recipes.METHODS if m != "teacher"])
-def test_cifar100_every_method_smoke(method, resnet56_teacher, tmp_path):
-  overrides = {} if method == "student" else {"teacher.workdir": str(resnet56_teacher)}
-  summary = run(f"cifar100/{ALL_METHODS_PAIR}.py", f"{method},smoke", tmp_path / method,
-                **overrides)
-  assert (summary["teacher_test"] is None) == (method == "student")
-  if method != "student":  # the teacher's own test accuracy, measured again by this run
-    teacher = json.loads((resnet56_teacher / "summary.json").read_text())
-    assert summary["teacher_test"]["accuracy"] == pytest.approx(teacher["test"]["accuracy"],
-                                                                abs=1e-6)
-
-
-@pytest.mark.parametrize("path, arg, teacher", [
-    ("imagenet/resnet34_to_resnet18.py", "student,smoke", None),
-    ("imagenet/resnet34_to_resnet18.py", "kd,smoke", "resnet34"),
-    ("imagenet/function_matching.py", "smoke", "resnet50"),
-])
-def test_imagenet_smoke_runs(path, arg, teacher, tmp_path):
-  overrides = {}
-  if teacher:
-    overrides["teacher.params_file"] = write_msgpack_teacher(
-        tmp_path / f"{teacher}.msgpack", teacher, 1000, 224)
-  summary = run(path, arg, tmp_path / "w", **overrides)
-  assert (summary["teacher_test"] is None) == (teacher is None)
 
 
 def test_mnist_hinton_smokes(tmp_path):
