@@ -31,6 +31,7 @@ import json
 import os
 import pathlib
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,23 @@ from kdjax.models import get_model
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 KD_CONFIG = "mnist1d/kd_ensemble_to_mlp.py"
+# Held-out generated inputs with their true classes: a 20x larger, less noisy view of
+# generalisation than the 1,000 test inputs (never trained on; stream seed 99).
+HELDOUT_SEED, HELDOUT_SIZE = 99, 20_000
+
+
+class Lever(NamedTuple):
+  """One row: the teacher's member count, fresh inputs added to the pool, student steps
+  (``None``: the config's), and student overrides (``None``: the config's): the weight of
+  a cross-entropy term on the labelled inputs' true labels (the pool's inputs have none),
+  the KD temperature, Adam's peak learning rate and the batch size."""
+  members: int
+  extra: int
+  steps: int | None = None
+  label_weight: float = 0.0
+  temperature: float | None = None
+  learning_rate: float | None = None
+  batch_size: int | None = None
 
 
 def member_dirs(root: pathlib.Path, seed: int, count: int) -> list[pathlib.Path]:
@@ -88,10 +106,46 @@ def teacher_targets(dirs, x: np.ndarray, cache: pathlib.Path, key: str, config) 
   return (tau * fused).astype(np.float32)
 
 
-def train_student(x: np.ndarray, targets: np.ndarray, test: dict, *, seed: int, num_steps: int,
-                  config) -> dict:
-  """The trainer's cached-target KD: MLP, ``config.optimizer``, ``hinton_kd`` at
-  ``config.losses.hinton_kd``; chunks of ``config.log_every`` steps in one ``lax.scan``."""
+def kd_label_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array, *,
+                  temperature: float, alpha: float, label_weight: float) -> jax.Array:
+  r"""Batch mean of Hinton KD plus a cross-entropy on the rows that have a true label.
+
+  .. math::
+    \frac1B \sum_b \Big[\alpha T^2 \mathrm{KL}\big(\mathrm{softmax}(t_b/T) \,\|\,
+    \mathrm{softmax}(s_b/T)\big) + \lambda\,[y_b \ge 0]\,\big(-\log
+    \mathrm{softmax}(s_b)_{y_b}\big)\Big]
+
+  (``alpha = 1`` here, so ``hinton_kd``'s own hard term is off.) Args: ``[B, C]`` logits,
+  ``[B]`` int labels (``-1``: none), :math:`T`, :math:`\alpha`, :math:`\lambda`. Returns a
+  scalar."""
+  loss = losses.hinton_kd(student_logits, teacher_logits, None, temperature=temperature,
+                          alpha=alpha)
+  if label_weight:
+    loss = loss + label_weight * losses.cross_entropy(student_logits, labels)  # 0 where -1
+  return loss.mean()
+
+
+def train_student(x: np.ndarray, targets: np.ndarray, evals: dict, *, seed: int, num_steps: int,
+                  config, labels: np.ndarray | None = None, label_weight: float = 0.0) -> dict:
+  r"""The trainer's cached-target KD: MLP, ``config.optimizer``, ``hinton_kd`` at
+  ``config.losses.hinton_kd``; chunks of ``config.log_every`` steps in one ``lax.scan``.
+
+  With ``label_weight`` :math:`\lambda > 0` the loss of a batch is
+  :math:`\frac1B \sum_b \big[\mathrm{KD}_b + \lambda\,\mathrm{CE}(s_b, y_b)\big]`, the
+  cross-entropy only on rows with a label (``labels >= 0``; the pool's rows have ``-1``), as
+  ``config.losses.cross_entropy.weight`` does in the trainer.
+
+  Args:
+    x: ``[N, 40]`` inputs; targets: ``[N, 10]`` the teacher's fused (tempered) logits.
+    evals: ``{name: {"x": [n, 40], "y": [n], "teacher": [n, 10]}}`` sets to report the
+      student's accuracy (``<name>_accuracy``) and its argmax agreement with the teacher
+      (``<name>_agreement``) on, in %.
+    labels: ``[N]`` int, ``-1`` where unlabelled (only read when ``label_weight > 0``).
+
+  Returns:
+    ``{"accuracy": test %, <name>_accuracy, <name>_agreement, "final_loss" (mean of the
+    last chunk), "wall_s", "load"}``.
+  """
   from kdjax.training import make_optimizer
 
   start = time.time()
@@ -100,19 +154,21 @@ def train_student(x: np.ndarray, targets: np.ndarray, test: dict, *, seed: int, 
   params = model.init(jax.random.key(seed), jnp.asarray(x[:1]))["params"]
   tx = make_optimizer(config.optimizer, num_steps)
   opt_state = tx.init(params)
+  if labels is None:
+    labels = np.full(len(x), -1, np.int32)
 
-  def loss_fn(p, xb, tb):
-    s = model.apply({"params": p}, xb)
-    return losses.hinton_kd(s, tb, None, temperature=kd.temperature, alpha=kd.alpha).mean()
+  def loss_fn(p, xb, tb, yb):
+    return kd_label_loss(model.apply({"params": p}, xb), tb, yb, temperature=kd.temperature,
+                         alpha=kd.alpha, label_weight=label_weight)
 
   @jax.jit
-  def chunk(params, opt_state, xs, ts):
+  def chunk(params, opt_state, xs, ts, ys):
     def step(carry, batch):
       p, o = carry
       loss, g = jax.value_and_grad(loss_fn)(p, *batch)
       updates, o = tx.update(g, o, p)
       return (jax.tree.map(jnp.add, p, updates), o), loss
-    (params, opt_state), loss = jax.lax.scan(step, (params, opt_state), (xs, ts))
+    (params, opt_state), loss = jax.lax.scan(step, (params, opt_state), (xs, ts, ys))
     return params, opt_state, loss.mean()
 
   every = config.log_every
@@ -120,20 +176,72 @@ def train_student(x: np.ndarray, targets: np.ndarray, test: dict, *, seed: int, 
     n = min(every, num_steps - s)
     idx = kd_data.batch_indices(len(x), batch_size=config.batch_size, start_step=s,
                                 num_steps=n, seed=seed)
-    params, opt_state, _ = chunk(params, opt_state, x[idx], targets[idx])
-  logits = model.apply({"params": params}, jnp.asarray(test["x"]))
-  return {"accuracy": 100 * float(metrics.accuracy(logits, test["y"])),
-          "wall_s": time.time() - start, "load": os.getloadavg()[0]}
+    params, opt_state, loss = chunk(params, opt_state, x[idx], targets[idx], labels[idx])
+  out = {}
+  for name, e in evals.items():
+    pred = np.asarray(model.apply({"params": params}, jnp.asarray(e["x"]))).argmax(-1)
+    out[f"{name}_accuracy"] = 100 * float(np.mean(pred == e["y"]))
+    out[f"{name}_agreement"] = 100 * float(np.mean(pred == e["teacher"].argmax(-1)))
+  out["accuracy"] = out.pop("test_accuracy")
+  return {**out, "final_loss": float(loss), "wall_s": time.time() - start,
+          "load": os.getloadavg()[0]}
 
 
-LEVERS = {  # name -> (members, fresh inputs added to the pool, steps: None = the config's)
-    "baseline: 5 CNNs, 100k pool": (5, 0, None),
-    "5 CNNs, 100k pool + 100k fresh inputs": (5, 100_000, None),
-    "10 CNNs, 100k pool": (10, 0, None),
-    "10 CNNs, 100k pool + 100k fresh inputs": (10, 100_000, None),
-    "10 CNNs, 100k pool + 100k fresh inputs, long schedule": (10, 100_000, 80_000),
-    "10 CNNs, 100k pool + 200k fresh inputs, long schedule": (10, 200_000, 80_000),
+LEVERS = {  # name -> Lever; steps None = the config's
+    "baseline: 5 CNNs, 100k pool": Lever(5, 0),
+    "5 CNNs, 100k pool + 100k fresh inputs": Lever(5, 100_000),
+    "10 CNNs, 100k pool": Lever(10, 0),
+    "10 CNNs, 100k pool + 100k fresh inputs": Lever(10, 100_000),
+    "10 CNNs, 100k pool + 100k fresh inputs, long schedule": Lever(10, 100_000, 80_000),
+    "10 CNNs, 100k pool + 200k fresh inputs, long schedule": Lever(10, 200_000, 80_000),
+    # 6..: the second round (held-out generated accuracy measured too)
+    "15 CNNs, 100k pool + 100k fresh inputs, long schedule": Lever(15, 100_000, 80_000),
+    "15 CNNs, 100k pool + 100k fresh inputs, 160k steps": Lever(15, 100_000, 160_000),
+    "15 CNNs, 100k pool + 100k fresh inputs, long schedule, + true-label CE": Lever(
+        15, 100_000, 80_000, label_weight=1.0),
+    "15 CNNs, 100k pool + 100k fresh inputs, long schedule, T=2": Lever(
+        15, 100_000, 80_000, temperature=2.0),
+    "15 CNNs, 100k pool + 100k fresh inputs, long schedule, lr 3e-3": Lever(
+        15, 100_000, 80_000, learning_rate=3e-3),
+    "15 CNNs, 100k pool + 100k fresh inputs, long schedule, batch 200": Lever(
+        15, 100_000, 80_000, batch_size=200),
+    "15 CNNs, 100k pool + 100k fresh inputs, long schedule, T=1": Lever(
+        15, 100_000, 80_000, temperature=1.0),
+    "15 CNNs, 100k pool + 100k fresh inputs, 320k steps": Lever(15, 100_000, 320_000),
+    "15 CNNs, 100k pool + 100k fresh inputs, long schedule, batch 500": Lever(
+        15, 100_000, 80_000, batch_size=500),
+    "15 CNNs, 100k pool + 200k fresh inputs, long schedule": Lever(15, 200_000, 80_000),
+    "10 CNNs, 100k pool + 100k fresh inputs, long schedule, T=2": Lever(
+        10, 100_000, 80_000, temperature=2.0),
+    "15 CNNs, 100k pool + 100k fresh inputs, 160k steps, T=2": Lever(
+        15, 100_000, 160_000, temperature=2.0),
+    "15 CNNs, 100k pool + 200k fresh inputs, 160k steps, T=2": Lever(
+        15, 200_000, 160_000, temperature=2.0),
+    "15 CNNs, 100k pool + 100k fresh inputs, 320k steps, T=2": Lever(
+        15, 100_000, 320_000, temperature=2.0),
+    "15 CNNs, 100k pool + 100k fresh inputs, 160k steps, T=1": Lever(
+        15, 100_000, 160_000, temperature=1.0),
 }
+
+
+def heldout_set() -> tuple[np.ndarray, np.ndarray]:
+  """``HELDOUT_SIZE`` generated inputs and their true classes (stream ``HELDOUT_SEED``)."""
+  stream = kd_data.FreshMNIST1D(HELDOUT_SEED, 1000)
+  xs, ys = zip(*(stream.batch(s, labels=True) for s in range(HELDOUT_SIZE // 1000)))
+  return np.concatenate(xs), np.concatenate(ys)
+
+
+def lever_config(config, lever: Lever):
+  """A copy of the KD config with the lever's student overrides (steps, T, lr, batch)."""
+  c = config.copy_and_resolve_references()
+  c.num_steps = lever.steps or config.num_steps
+  if lever.temperature is not None:
+    c.losses.hinton_kd.temperature = lever.temperature
+  if lever.learning_rate is not None:
+    c.optimizer.learning_rate = lever.learning_rate
+  if lever.batch_size is not None:
+    c.batch_size = lever.batch_size
+  return c
 
 
 def main():
@@ -166,23 +274,35 @@ def main():
     splits = kd_data.load_dataset("mnist1d", val_size=config.data.val_size)
     pool = np.concatenate([splits["train"]["x"], kd_data.load_mnist1d_transfer(
         num_samples=config.transfer.num_samples, seed=config.transfer.seed)["x"]])
+    heldout_x, heldout_y = heldout_set()
     for name in chosen:
-      count, extra, steps = LEVERS[name]
+      lever = LEVERS[name]
+      count = lever.members
       dirs = member_dirs(pathlib.Path(args.members), seed, count)
       tag = f"s{seed}"
       x, t = pool, teacher_targets(dirs, pool, cache, f"{tag}_pool", config)
+      labels = np.concatenate([splits["train"]["y"], np.full(len(pool) - len(splits["train"]["y"]),
+                                                              -1, np.int32)])
       stream = kd_data.FreshMNIST1D(7 + seed, 1000)
-      for start in range(0, extra, 100_000):  # fresh inputs in blocks of 100,000
+      for start in range(0, lever.extra, 100_000):  # fresh inputs in blocks of 100,000
         block = stream.chunk(start // 1000, 100).reshape(-1, 40)
         x = np.concatenate([x, block])
         t = np.concatenate([t, teacher_targets(dirs, block, cache, f"{tag}_fresh{start}",
                                                config)])
-      test_t = teacher_targets(dirs, splits["test"]["x"], cache, f"{tag}_test", config)
-      results["teachers"].setdefault(f"{count} CNNs", {})[str(seed)] = 100 * float(
-          metrics.accuracy(test_t, splits["test"]["y"]))
-      steps = steps or config.num_steps
-      r = train_student(x, t, splits["test"], seed=seed, num_steps=steps, config=config)
-      r.update(steps=steps, inputs=len(x), members=count)
+      labels = np.concatenate([labels, np.full(len(x) - len(labels), -1, np.int32)])
+      evals = {"test": {**splits["test"],
+                        "teacher": teacher_targets(dirs, splits["test"]["x"], cache,
+                                                   f"{tag}_test", config)},
+               "heldout": {"x": heldout_x, "y": heldout_y,
+                           "teacher": teacher_targets(dirs, heldout_x, cache,
+                                                      f"{tag}_heldout", config)}}
+      for group, e in (("teachers", evals["test"]), ("teachers_heldout", evals["heldout"])):
+        results.setdefault(group, {}).setdefault(f"{count} CNNs", {})[str(seed)] = 100 * float(
+            metrics.accuracy(e["teacher"], e["y"]))
+      row_config = lever_config(config, lever)
+      r = train_student(x, t, evals, seed=seed, num_steps=row_config.num_steps,
+                        config=row_config, labels=labels, label_weight=lever.label_weight)
+      r.update(steps=row_config.num_steps, inputs=len(x), members=count)
       results["rows"].setdefault(name, {})[str(seed)] = r
       print(f"seed {seed} {name}: {r}", flush=True)
       out_json.write_text(json.dumps(results, indent=2))
@@ -231,28 +351,38 @@ def merge(paths: list[str], out: str, members: pathlib.Path) -> None:
   write_table(results, out)
 
 
+def _mean_std(values) -> str:
+  v = np.asarray(values, dtype=np.float64)
+  return f"{v.mean():.1f} +- {v.std():.1f}" if len(v) > 1 else f"{v[0]:.1f} (n=1)"
+
+
 def write_table(results: dict, out: str) -> None:
-  lines = ["| run | student test accuracy (%) | seeds | steps | inputs | wall s / run | load |",
-           "|---|---|---|---|---|---|---|"]
+  lines = ["| run | student test accuracy (%) | seeds | held-out generated accuracy (%) | "
+           "test agreement with teacher (%) | steps | inputs | wall s / run | load |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for name, per_seed in results["rows"].items():
-    acc = np.array([r["accuracy"] for r in per_seed.values()])
-    r0 = next(iter(per_seed.values()))
-    lines.append(f"| {name} | {acc.mean():.1f} +- {acc.std():.1f} | {len(acc)} | {r0['steps']:,} | "
-                 f"{r0['inputs']:,} | {np.mean([r['wall_s'] for r in per_seed.values()]):.0f} | "
-                 f"{np.mean([r['load'] for r in per_seed.values()]):.0f} |")
+    runs = list(per_seed.values())
+    held = [r["heldout_accuracy"] for r in runs if "heldout_accuracy" in r]
+    agree = [r["test_agreement"] for r in runs if "test_agreement" in r]
+    lines.append(f"| {name} | {_mean_std([r['accuracy'] for r in runs])} | "
+                 f"{','.join(per_seed)} | {_mean_std(held) if held else '-'} | "
+                 f"{_mean_std(agree) if agree else '-'} | {runs[0]['steps']:,} | "
+                 f"{runs[0]['inputs']:,} | {np.mean([r['wall_s'] for r in runs]):.0f} | "
+                 f"{np.mean([r['load'] for r in runs]):.0f} |")
   if "input_costs" in results:
     c = results["input_costs"]
     lines += ["", f"Fresh inputs, host cost per step of 100 (load {c['load']:.0f}): generating "
               f"{c['generate_ms_per_100']:.1f} ms, the five-CNN teacher's targets "
               f"{c['teacher5_ms_per_100']:.1f} ms."]
-  lines += ["", "| teacher | test accuracy (%) | seeds |", "|---|---|---|"]
+  lines += ["", f"| teacher, probability average at T=4 | test accuracy (%) | seeds | held-out "
+            f"generated accuracy (%, {HELDOUT_SIZE:,} inputs) | seeds |", "|---|---|---|---|---|"]
   for name, per_seed in results["teachers"].items():
-    acc = np.array(list(per_seed.values()))
-    lines.append(f"| {name}, probability average at T=4 | {acc.mean():.1f} +- {acc.std():.1f} | "
-                 f"{len(acc)} |")
+    held = results.get("teachers_heldout", {}).get(name, {})
+    lines.append(f"| {name} | {_mean_std(list(per_seed.values()))} | {','.join(per_seed)} | "
+                 f"{_mean_std(list(held.values())) if held else '-'} | "
+                 f"{','.join(held) if held else '-'} |")
   (RESULTS / f"{out}.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
-
 
 if __name__ == "__main__":
   main()
