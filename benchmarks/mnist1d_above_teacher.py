@@ -45,8 +45,10 @@ from kdjax.models import get_model
 RESULTS = pathlib.Path(__file__).parent / "results"
 KD_CONFIG = "mnist1d/kd_ensemble_to_mlp.py"
 # Held-out generated inputs with their true classes: a 20x larger, less noisy view of
-# generalisation than the 1,000 test inputs (never trained on; stream seed 99).
-HELDOUT_SEED, HELDOUT_SIZE = 99, 20_000
+# generalisation than the 1,000 test inputs (never trained on): "heldout" from the fresh
+# generator (FreshMNIST1D, stream seed 99), "heldout_pkg" from the package's make_dataset
+# (load_mnist1d_transfer seed 3), the generator of the pool and of the test set.
+HELDOUT_SEED, HELDOUT_SIZE, HELDOUT_PKG_SEED = 99, 20_000, 3
 
 
 class Lever(NamedTuple):
@@ -275,6 +277,7 @@ def main():
     pool = np.concatenate([splits["train"]["x"], kd_data.load_mnist1d_transfer(
         num_samples=config.transfer.num_samples, seed=config.transfer.seed)["x"]])
     heldout_x, heldout_y = heldout_set()
+    pkg = kd_data.load_mnist1d_transfer(num_samples=HELDOUT_SIZE, seed=HELDOUT_PKG_SEED)
     for name in chosen:
       lever = LEVERS[name]
       count = lever.members
@@ -295,8 +298,12 @@ def main():
                                                    f"{tag}_test", config)},
                "heldout": {"x": heldout_x, "y": heldout_y,
                            "teacher": teacher_targets(dirs, heldout_x, cache,
-                                                      f"{tag}_heldout", config)}}
-      for group, e in (("teachers", evals["test"]), ("teachers_heldout", evals["heldout"])):
+                                                      f"{tag}_heldout", config)},
+               "heldout_pkg": {"x": pkg["x"], "y": pkg["oracle_y"],
+                               "teacher": teacher_targets(dirs, pkg["x"], cache,
+                                                          f"{tag}_heldoutpkg", config)}}
+      for group, e in (("teachers", evals["test"]), ("teachers_heldout", evals["heldout"]),
+                       ("teachers_heldout_pkg", evals["heldout_pkg"])):
         results.setdefault(group, {}).setdefault(f"{count} CNNs", {})[str(seed)] = 100 * float(
             metrics.accuracy(e["teacher"], e["y"]))
       row_config = lever_config(config, lever)
@@ -357,15 +364,17 @@ def _mean_std(values) -> str:
 
 
 def write_table(results: dict, out: str) -> None:
-  lines = ["| run | student test accuracy (%) | seeds | held-out generated accuracy (%) | "
-           "test agreement with teacher (%) | steps | inputs | wall s / run | load |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| run | student test accuracy (%) | seeds | held-out, fresh generator (%) | "
+           "held-out, package generator (%) | test agreement with teacher (%) | steps | inputs "
+           "| wall s / run | load |", "|---|---|---|---|---|---|---|---|---|---|"]
   for name, per_seed in results["rows"].items():
     runs = list(per_seed.values())
     held = [r["heldout_accuracy"] for r in runs if "heldout_accuracy" in r]
+    pkg = [r["heldout_pkg_accuracy"] for r in runs if "heldout_pkg_accuracy" in r]
     agree = [r["test_agreement"] for r in runs if "test_agreement" in r]
     lines.append(f"| {name} | {_mean_std([r['accuracy'] for r in runs])} | "
                  f"{','.join(per_seed)} | {_mean_std(held) if held else '-'} | "
+                 f"{_mean_std(pkg) if pkg else '-'} | "
                  f"{_mean_std(agree) if agree else '-'} | {runs[0]['steps']:,} | "
                  f"{runs[0]['inputs']:,} | {np.mean([r['wall_s'] for r in runs]):.0f} | "
                  f"{np.mean([r['load'] for r in runs]):.0f} |")
@@ -374,12 +383,15 @@ def write_table(results: dict, out: str) -> None:
     lines += ["", f"Fresh inputs, host cost per step of 100 (load {c['load']:.0f}): generating "
               f"{c['generate_ms_per_100']:.1f} ms, the five-CNN teacher's targets "
               f"{c['teacher5_ms_per_100']:.1f} ms."]
-  lines += ["", f"| teacher, probability average at T=4 | test accuracy (%) | seeds | held-out "
-            f"generated accuracy (%, {HELDOUT_SIZE:,} inputs) | seeds |", "|---|---|---|---|---|"]
+  lines += ["", f"| teacher, probability average at T=4 | test accuracy (%) | seeds | held-out, "
+            f"fresh generator (%, {HELDOUT_SIZE:,} inputs) | held-out, package generator (%) | "
+            "seeds (held-out) |", "|---|---|---|---|---|---|"]
   for name, per_seed in results["teachers"].items():
     held = results.get("teachers_heldout", {}).get(name, {})
+    pkg = results.get("teachers_heldout_pkg", {}).get(name, {})
     lines.append(f"| {name} | {_mean_std(list(per_seed.values()))} | {','.join(per_seed)} | "
                  f"{_mean_std(list(held.values())) if held else '-'} | "
+                 f"{_mean_std(list(pkg.values())) if pkg else '-'} | "
                  f"{','.join(held) if held else '-'} |")
   (RESULTS / f"{out}.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))

@@ -97,6 +97,17 @@ def test_kd_ensemble10_config_smoke(teacher_dir, tmp_path):
   assert np.isfinite(summary["test"]["nll"])
 
 
+def test_kd_above_teacher_config_smoke(teacher_dir, tmp_path):
+  """configs/mnist1d/kd_above_teacher_mlp.py:smoke trains with fifteen members (one smoke
+  teacher listed fifteen times) and KD at T=2 on targets fused at T=4."""
+  c = load_config("mnist1d/kd_above_teacher_mlp.py", "smoke",
+                  {"progress_bar": False, "teacher.workdir": ",".join([str(teacher_dir)] * 15)})
+  assert (c.losses.hinton_kd.temperature, c.teacher.fusion_temperature) == (2.0, 4.0)
+  summary = train_and_evaluate(c, str(tmp_path / "w"))
+  assert summary["steps"] == 40 and summary["teacher_test"]["members"] == 15
+  assert np.isfinite(summary["test"]["nll"])
+
+
 def test_fresh_inputs_with_the_teacher_in_the_step_equal_per_chunk_targets(teacher_dir, tmp_path):
   """teacher.cache=False (teacher in the compiled step) and the per-chunk host targets train
   the same student on the same fresh inputs."""
