@@ -11,6 +11,15 @@ batch 100):
 * ``members``: a stronger teacher, ten CNN members instead of five;
 * ``long``: a longer schedule (80,000 steps).
 
+Second round (rows 6-): fifteen members (members 10-14 seeds ``1000 + 10 * seed + i``), the
+student's KD temperature (2 or 1 on the targets still fused at T=4), 160,000 or 320,000
+steps, batch 200 or 500, Adam 3e-3, and a cross-entropy on the 3,500 labelled inputs'
+true labels added to the KD loss (:func:`kd_label_loss`). Each run also reports the
+student's accuracy on two 20,000-input held-out sets with true classes, one from the fresh
+generator and one from the package's ``make_dataset`` (the generator of the pool and the
+test set), and its argmax agreement with the teacher: the 1,000 test inputs alone give
+differences of a few tenths that are noise (binomial standard error about 0.7 points).
+
 Teacher members are ``kdjax train`` runs of ``configs/mnist1d/member_cnn.py`` (members 0-4
 use the demo's seeds ``5 * seed + i``, members 5-9 seeds ``1000 + 10 * seed + i``) under
 ``--members`` (trained when missing, reused otherwise). The fused teacher targets of every
@@ -344,16 +353,27 @@ def input_costs(members: pathlib.Path, repeats: int = 20) -> dict:
           "load": os.getloadavg()[0]}
 
 
+GROUPS = ("rows", "teachers", "teachers_heldout", "teachers_heldout_pkg")
+
+
 def merge(paths: list[str], out: str, members: pathlib.Path) -> None:
-  """Merges the rows and teachers of result files (one per process) into ``out``."""
-  results = {"rows": {}, "teachers": {}}
+  """Merges the rows and teachers of result files (one per process; a later file's seed
+  replaces an earlier one's) into ``out``; keeps the first file's ``input_costs`` or
+  measures them."""
+  results = {group: {} for group in GROUPS}
   for path in paths:
     part = json.loads(pathlib.Path(path).read_text())
-    for group in ("rows", "teachers"):
-      for name, per_seed in part[group].items():
+    for group in GROUPS:
+      for name, per_seed in part.get(group, {}).items():
         results[group].setdefault(name, {}).update(per_seed)
+    if "input_costs" in part:
+      results.setdefault("input_costs", part["input_costs"])
   results["rows"] = {k: results["rows"][k] for k in LEVERS if k in results["rows"]}
-  results["input_costs"] = input_costs(members)
+  for group in GROUPS:
+    for name in results[group]:
+      results[group][name] = dict(sorted(results[group][name].items()))
+  if "input_costs" not in results:
+    results["input_costs"] = input_costs(members)
   (RESULTS / f"{out}.json").write_text(json.dumps(results, indent=2))
   write_table(results, out)
 
