@@ -268,9 +268,14 @@ def main():
   parser.add_argument("--out", default="mnist1d_above_teacher")
   parser.add_argument("--merge", default="",
                       help="comma-separated result files (of runs with --out) to merge into --out")
+  parser.add_argument("--record_train", default="",
+                      help="comma-separated `kdjax train` workdirs of one config to add to --out")
+  parser.add_argument("--train_config", default="mnist1d/kd_above_teacher_mlp.py")
   args = parser.parse_args()
   if args.merge:
     return merge(args.merge.split(","), args.out, pathlib.Path(args.members))
+  if args.record_train:
+    return record_train(args.record_train.split(","), args.train_config, args.out)
   cache = pathlib.Path(args.cache)
   cache.mkdir(parents=True, exist_ok=True)
   config = load_config(KD_CONFIG)
@@ -353,7 +358,24 @@ def input_costs(members: pathlib.Path, repeats: int = 20) -> dict:
           "load": os.getloadavg()[0]}
 
 
-GROUPS = ("rows", "teachers", "teachers_heldout", "teachers_heldout_pkg")
+GROUPS = ("rows", "teachers", "teachers_heldout", "teachers_heldout_pkg", "kdjax_train")
+
+
+def record_train(workdirs: list[str], config_name: str, out: str) -> None:
+  """Adds finished ``kdjax train`` runs of ``config_name`` (their ``summary.json``: test
+  accuracy, steps, wall time; the seed from ``config.json``) to ``out`` under
+  ``kdjax_train``."""
+  path = RESULTS / f"{out}.json"
+  results = json.loads(path.read_text())
+  runs = results.setdefault("kdjax_train", {}).setdefault(config_name, {})
+  for workdir in workdirs:
+    summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
+    seed = json.loads((pathlib.Path(workdir) / "config.json").read_text())["seed"]
+    runs[str(seed)] = {"accuracy": 100 * summary["test"]["accuracy"], "steps": summary["steps"],
+                       "wall_s": summary["wall_s"],
+                       "teacher_accuracy": 100 * summary["teacher_test"]["accuracy"]}
+  path.write_text(json.dumps(results, indent=2))
+  write_table(results, out)
 
 
 def merge(paths: list[str], out: str, members: pathlib.Path) -> None:
@@ -403,6 +425,14 @@ def write_table(results: dict, out: str) -> None:
     lines += ["", f"Fresh inputs, host cost per step of 100 (load {c['load']:.0f}): generating "
               f"{c['generate_ms_per_100']:.1f} ms, the five-CNN teacher's targets "
               f"{c['teacher5_ms_per_100']:.1f} ms."]
+  if results.get("kdjax_train"):
+    lines += ["", "| `kdjax train` run | student test accuracy (%) | seeds | teacher test accuracy "
+              "(%) | steps | wall s / run (whole run) |", "|---|---|---|---|---|---|"]
+    for name, per_seed in results["kdjax_train"].items():
+      runs = list(per_seed.values())
+      lines.append(f"| {name} | {_mean_std([r['accuracy'] for r in runs])} | {','.join(per_seed)} "
+                   f"| {_mean_std([r['teacher_accuracy'] for r in runs])} | {runs[0]['steps']:,} "
+                   f"| {np.mean([r['wall_s'] for r in runs]):.0f} |")
   lines += ["", f"| teacher, probability average at T=4 | test accuracy (%) | seeds | held-out, "
             f"fresh generator (%, {HELDOUT_SIZE:,} inputs) | held-out, package generator (%) | "
             "seeds (held-out) |", "|---|---|---|---|---|---|"]

@@ -16,8 +16,8 @@ The benchmark draws the second 100,000 inputs from kdjax.data.FreshMNIST1D (the 
 generator; this config's pool is make_dataset's 200,000) and trains the student with the
 trainer's cached-target step.
 Expected (measured, one place): benchmarks/results/mnist1d_above_teacher.json, row
-"15 CNNs, 100k pool + 100k fresh inputs, 160k steps, T=2" (README.md section "The MLP
-above its teacher ensemble").
+"15 CNNs, 100k pool + 100k fresh inputs, 160k steps, T=2" (and the README section on the
+MLP above its teacher ensemble).
 Args: "smoke".
 """
 
