@@ -15,9 +15,13 @@ Launch (members trained as in member_cnn.py, seeds 0-14):
 The benchmark draws the second 100,000 inputs from kdjax.data.FreshMNIST1D (the same
 generator; this config's pool is make_dataset's 200,000) and trains the student with the
 trainer's cached-target step.
+The measured runs used the benchmark's members (seeds 5 * seed + i for i < 5, else
+1000 + 10 * seed + i, under benchmarks/mnist1d_above_teacher.py --members) and
+--config.seed=0, 1, 2.
 Expected (measured, one place): benchmarks/results/mnist1d_above_teacher.json, row
-"15 CNNs, 100k pool + 100k fresh inputs, 160k steps, T=2" (and the README section on the
-MLP above its teacher ensemble).
+"15 CNNs, 100k pool + 100k fresh inputs, 160k steps, T=2" (the benchmark's loop) and its
+kdjax_train entry for this file (these `kdjax train` runs; README section on the MLP above
+its teacher ensemble).
 Args: "smoke".
 """
 
