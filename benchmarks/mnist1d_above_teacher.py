@@ -364,15 +364,25 @@ def record_train(workdirs: list[str], config_name: str, out: str) -> None:
   """Adds finished ``kdjax train`` runs of ``config_name`` (their ``summary.json``: test
   accuracy, steps, wall time; the seed from ``config.json``) to ``out`` under
   ``kdjax_train``."""
+  from kdjax.training import load_params
+
   path = RESULTS / f"{out}.json"
   results = json.loads(path.read_text())
   runs = results.setdefault("kdjax_train", {}).setdefault(config_name, {})
+  heldout = dict(zip(("x", "y"), heldout_set()))
+  pkg = kd_data.load_mnist1d_transfer(num_samples=HELDOUT_SIZE, seed=HELDOUT_PKG_SEED)
+  model = get_model("mlp", num_classes=10, hidden=tuple(load_config(config_name).model.hidden))
   for workdir in workdirs:
     summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
     seed = json.loads((pathlib.Path(workdir) / "config.json").read_text())["seed"]
+    params = load_params(workdir)
+    held = {name: 100 * float(metrics.accuracy(model.apply({"params": params}, jnp.asarray(x)), y))
+            for name, (x, y) in (("heldout", (heldout["x"], heldout["y"])),
+                                 ("heldout_pkg", (pkg["x"], pkg["oracle_y"])))}
     runs[str(seed)] = {"accuracy": 100 * summary["test"]["accuracy"], "steps": summary["steps"],
                        "wall_s": summary["wall_s"],
-                       "teacher_accuracy": 100 * summary["teacher_test"]["accuracy"]}
+                       "teacher_accuracy": 100 * summary["teacher_test"]["accuracy"],
+                       **{f"{k}_accuracy": v for k, v in held.items()}}
   path.write_text(json.dumps(results, indent=2))
   write_table(results, out)
 
@@ -425,11 +435,14 @@ def write_table(results: dict, out: str) -> None:
               f"{c['generate_ms_per_100']:.1f} ms, the five-CNN teacher's targets "
               f"{c['teacher5_ms_per_100']:.1f} ms."]
   if results.get("kdjax_train"):
-    lines += ["", "| `kdjax train` run | student test accuracy (%) | seeds | teacher test accuracy "
-              "(%) | steps | wall s / run (whole run) |", "|---|---|---|---|---|---|"]
+    lines += ["", "| `kdjax train` run | student test accuracy (%) | seeds | held-out, fresh "
+              "generator (%) | held-out, package generator (%) | teacher test accuracy (%) | "
+              "steps | wall s / run (whole run) |", "|---|---|---|---|---|---|---|---|"]
     for name, per_seed in results["kdjax_train"].items():
       runs = list(per_seed.values())
       lines.append(f"| {name} | {_mean_std([r['accuracy'] for r in runs])} | {','.join(per_seed)} "
+                   f"| {_mean_std([r['heldout_accuracy'] for r in runs])} "
+                   f"| {_mean_std([r['heldout_pkg_accuracy'] for r in runs])} "
                    f"| {_mean_std([r['teacher_accuracy'] for r in runs])} | {runs[0]['steps']:,} "
                    f"| {np.mean([r['wall_s'] for r in runs]):.0f} |")
   lines += ["", f"| teacher, probability average at T=4 | test accuracy (%) | seeds | held-out, "
