@@ -79,3 +79,18 @@ def test_lever_config_overrides_and_heldout_set():
   x2, _ = bench.heldout_set()
   assert x.shape == (2000, 40) and y.shape == (2000,) and np.array_equal(x, x2)
   assert set(np.unique(y)) == set(range(10))
+
+
+def test_noisy_student_fusion_matches_float64_reference(monkeypatch):
+  """benchmarks/mnist1d_noisy_student.py fuses its members as the trainer caches targets:
+  tau * log of the mean of softmax(z_m / tau)."""
+  monkeypatch.syspath_prepend(str(BENCH))
+  spec = importlib.util.spec_from_file_location("bench_noisy_student",
+                                                BENCH / "mnist1d_noisy_student.py")
+  ns = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(ns)
+  rng = np.random.default_rng(3)
+  members = [rng.normal(size=(5, 10)) * 6 for _ in range(3)]
+  probs = [np.exp(_log_softmax(z / 4.0)) for z in members]
+  want = 4.0 * np.log(np.mean(probs, axis=0))
+  np.testing.assert_allclose(ns.fuse(members, 4.0), want, rtol=1e-5, atol=1e-5)
