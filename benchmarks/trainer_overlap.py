@@ -21,8 +21,8 @@ The time per step is measured inside the run: from the end of the first logging 
 (compiled, warm) to the end of the last, each end being the moment the interval's metrics
 reached the host (``_loop.merge_calls``). The modes are interleaved round-robin over
 ``--reps`` rounds after one warm-up run each; we report medians, the min-max spread and
-the load average before and after, and the whole run's wall time (``meta.wall_s``; about
-5 minutes at load 10-13 on 2 cores, CPU time about 80 s, so well under 2 minutes idle).
+the load average before and after, and the whole run's wall and CPU time
+(``meta.wall_s``, ``meta.cpu_s``: the CPU time bounds an idle 2-core run's length).
 
 On this machine the "device" is the same 2-core CPU that prepares the batches. So that
 it behaves like an accelerator beside the host, XLA computes on one thread
@@ -190,12 +190,13 @@ def main(argv: list[str] | None = None) -> dict:
     if "jax" in sys.modules:
       raise RuntimeError("--device_threads 1 must set XLA_FLAGS before jax is imported")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   result = run(reps=args.reps, image=args.image, batch=args.batch, hidden=args.hidden,
                steps_per_call=args.steps_per_call, log_every=args.log_every,
                intervals=args.intervals, warmup=args.warmup)
   result["meta"]["conditions"] = args.load_label
   result["meta"]["wall_s"] = round(time.perf_counter() - start, 1)
+  result["meta"]["cpu_s"] = round(time.process_time() - cpu_start, 1)  # all its threads
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out + ".json", "w") as f:
     json.dump(result, f, indent=1)
