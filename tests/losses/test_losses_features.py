@@ -203,13 +203,30 @@ def test_hint_term_with_conv_reg_matches_numpy():
   loss_of = lambda sf: objective(aux, inputs(sf))[0]  # noqa: E731
   ref = lambda sf: ref_hint(ref_conv_reg(sf, k, b, g, be), t).mean()  # noqa: E731
   np.testing.assert_allclose(jax.jit(loss_of)(jnp.float32(s)), ref(s), rtol=1e-5)
-  grad = jax.grad(loss_of)(jnp.float32(s))
+  grad = jax.jit(jax.grad(loss_of))(jnp.float32(s))
   eps, numeric = 1e-6, np.zeros_like(s)
   for i in np.ndindex(s.shape):
     d = np.zeros_like(s)
     d[i] = eps
     numeric[i] = (ref(s + d) - ref(s - d)) / (2 * eps)
   np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-5)
+
+
+def test_hint_term_with_conv_reg_masked_rows_equal_slicing():
+  """A padded row (``inputs.where`` False) changes neither the regressor's batch
+  statistics nor the loss: the masked batch gives the loss of the valid rows alone."""
+  s, t = _x((5, 3, 3, 2), 70), np.abs(_x((5, 3, 3, 3), 71))
+  s[2], t[2] = 1e3, -1e3  # the padded row
+  objective = losses.make_objective(
+      {"hint": {"weight": 1.0, "student_feature": "f", "projector": "conv_reg"}})
+  inputs = lambda sf, tf, where=None: losses.LossInputs(  # noqa: E731
+      student_logits=jnp.zeros((len(sf), 2)), student_features={"f": jnp.float32(sf)},
+      teacher_features={"f": jnp.float32(tf)}, where=where)
+  aux = objective.init(jax.random.key(0), inputs(s, t))
+  _, aux["hint"] = _conv_reg_params(2, 3, 80)
+  keep = np.array([1, 1, 0, 1, 1], bool)
+  masked = objective(aux, inputs(s, t, jnp.asarray(keep)))[0]
+  np.testing.assert_allclose(masked, objective(aux, inputs(s[keep], t[keep]))[0], rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------- errors
