@@ -189,6 +189,77 @@ def test_conv_impl_reaches_every_zoo_convolution(onednn, name):
   assert counts["onednn"] == (counts["xla"][1], 0)
 
 
+@pytest.fixture
+def fresh_auto():
+  """``resolve_auto_impl`` decided anew in the test, and again (for this process) after it."""
+  _conv2d.resolve_auto_impl.cache_clear()
+  yield
+  _conv2d.resolve_auto_impl.cache_clear()
+
+
+def test_choose_auto_impl_both_ways():
+  calls = []
+
+  def reason(value):
+    return lambda: calls.append(value) or value
+
+  assert ops.choose_auto_impl("cpu", 1, reason(None))[0] == "onednn"
+  impl, why = ops.choose_auto_impl("cpu", 1, reason("oneDNN >= 3 not found (looked ...)\nmore"))
+  assert (impl, why) == ("xla", "oneDNN convolution unavailable: oneDNN >= 3 not found (looked ...)")
+  assert ops.choose_auto_impl("cpu", 8, reason(None)) == (
+      "xla", "8 devices: the FFI call is not partitioned (XLA would gather a sharded batch onto "
+      "every device)")
+  assert ops.choose_auto_impl("gpu", 1, reason(None))[0] == "xla"
+  assert calls == [None, "oneDNN >= 3 not found (looked ...)\nmore"]  # never built off one CPU
+
+
+def test_auto_is_plain_xla_on_several_devices(fresh_auto, caplog):
+  """The test process has 8 CPU devices: the zoo's default ``"auto"`` is XLA's convolution
+  itself (the same jaxpr as ``"xla"``), decided once and logged once."""
+  caplog.set_level("INFO")
+  assert ops.conv_general_dilated("auto") is lax.conv_general_dilated
+  x = jnp.zeros((2, 8, 8, 3), jnp.float32)
+  texts = {}
+  for impl in ("auto", "xla", None):
+    model = get_model("resnet8", num_classes=10, **({} if impl is None else {"conv_impl": impl}))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    texts[impl] = str(jax.make_jaxpr(model.apply)(variables, x))
+  assert texts["auto"] == texts["xla"] == texts[None]
+  assert "kdjax_conv2d_fwd" not in texts["auto"]
+  logged = [r.getMessage() for r in caplog.records if "conv_impl='auto'" in r.getMessage()]
+  assert logged == ["kdjax.ops: conv_impl='auto' runs xla convolutions (8 devices: the FFI call "
+                    "is not partitioned (XLA would gather a sharded batch onto every device))"]
+
+
+def test_auto_on_one_cpu_device_is_onednn_and_equals_xla(onednn, fresh_auto, monkeypatch):
+  """With one device (as a plain CPU process has), the default ``"auto"`` runs every dense
+  convolution through oneDNN; logits and parameter gradients equal ``"xla"``'s to float32
+  rounding, and bfloat16 inputs fall back to XLA instead of raising."""
+  monkeypatch.setattr(_conv2d.jax, "device_count", lambda: 1)
+  assert ops.resolve_auto_impl() == "onednn"
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 8, 8, 3)), jnp.float32)
+  got = {}
+  for impl in ("auto", "xla"):
+    model = get_model("resnet8", num_classes=10, **({"conv_impl": impl} if impl == "xla" else {}))
+    variables = model.init(jax.random.key(0), x)
+    text = str(jax.make_jaxpr(model.apply)(variables, x))
+    assert ("kdjax_conv2d_fwd" in text) == (impl == "auto")
+
+    def loss(params, model=model, variables=variables):
+      logits = model.apply({**variables, "params": params}, x)
+      return jnp.sum(jnp.sin(logits)), logits
+
+    got[impl] = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+  for g, e in zip(jax.tree.leaves(got["auto"]), jax.tree.leaves(got["xla"])):
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+  w = jnp.ones((3, 3, 3, 4), jnp.bfloat16)
+  want = lax.conv_general_dilated(x.astype(jnp.bfloat16), w, (1, 1), ((1, 1), (1, 1)),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got_bf16 = ops.conv_general_dilated("auto")(x.astype(jnp.bfloat16), w, (1, 1), ((1, 1), (1, 1)),
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_array_equal(np.asarray(got_bf16, np.float32), np.asarray(want, np.float32))
+
+
 def test_auto_uses_xla_where_onednn_does_not_fit(monkeypatch):
   x, w, strides, padding = _inputs(CASES[0])
   pads = _conv2d._pads(x.shape, w.shape, strides, padding)
@@ -196,7 +267,7 @@ def test_auto_uses_xla_where_onednn_does_not_fit(monkeypatch):
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
   got = conv2d(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), strides, padding, impl="auto")
   np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
-  monkeypatch.setattr(_conv2d, "onednn_available", lambda: False)
+  monkeypatch.setattr(_conv2d, "resolve_auto_impl", lambda: "xla")
   want32 = lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_array_equal(conv2d(x, w, strides, padding, impl="auto"), want32)
 
