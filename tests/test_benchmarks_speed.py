@@ -95,3 +95,31 @@ def test_gpu_check_cpu_smoke(tmp_path):
   for r in payload["rows"]:
     assert np.isfinite(r["final_loss"]) and r["step_gflop"] > 0
   assert payload["meta"]["backend"] == "cpu"
+
+
+def test_profile_breakdown_quick_w1(tmp_path):
+  """benchmarks/profile_breakdown.py: the KD step's GEMM list has the step's matmul FLOPs
+  (teacher forward + student forward, weight and input gradients, no input gradient of the
+  first layer); thunk names map to categories; a trace finds a jitted function's thunks."""
+  bench = _load("profile_breakdown")
+  gemms = bench.kd_step_gemms([20, 32, 32, 10], [20, 16, 10], 8)
+  assert [g[0] for g in gemms] == ["fwd"] * 5 + ["dW"] * 2 + ["dX"]
+  assert sum(2 * m * k * n for _, m, k, n in gemms) == 2 * 8 * (
+      (20 * 32 + 32 * 32 + 32 * 10) + 3 * (20 * 16 + 16 * 10) - 20 * 16)
+  assert bench.category("ynn_fusion.12") == "ynn_fusion/dot"
+  assert bench.category("transpose_copy_fusion") == "copy/transpose"
+  assert bench.category("custom-call.3") == "oneDNN conv (FFI)"
+  # The trace of a jitted matmul chain finds its thunks (the whole script: `--quick`, about
+  # 13 CPU-seconds, left to the benchmark run itself).
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((64, 64), jnp.float32)
+  f = jax.jit(lambda a: jax.nn.relu(a @ a) @ a)
+  f(a).block_until_ready()
+  trace = bench.trace_breakdown(lambda: [f(a) for _ in range(4)][-1].block_until_ready(), 4)
+  assert trace["thunk_total_ms"] > 0 and trace["wall_ms"] > 0
+  assert set(trace["thunk_ms"]) <= set(bench.CATEGORIES)
+  assert trace["thunk_ms"].get("ynn_fusion/dot", 0) > 0, trace
+  blocks, flops = bench.gemm_blocks([("fwd", 4, 3, 2)], calls=2, with_torch=False)
+  assert set(blocks) == {"gemms_jax"} and flops == 2 * 4 * 3 * 2
+  blocks["gemms_jax"]()

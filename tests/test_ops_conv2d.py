@@ -233,25 +233,26 @@ def test_auto_is_plain_xla_on_several_devices(fresh_auto, caplog):
 
 def test_auto_on_one_cpu_device_is_onednn_and_equals_xla(onednn, fresh_auto, monkeypatch):
   """With one device (as a plain CPU process has), the default ``"auto"`` runs every dense
-  convolution through oneDNN; logits and parameter gradients equal ``"xla"``'s to float32
-  rounding, and bfloat16 inputs fall back to XLA instead of raising."""
+  convolution through oneDNN and the logits equal ``"xla"``'s to float32 rounding
+  (gradients: ``test_resnet20_forward_and_grad_equal_across_impls``); bfloat16 inputs fall
+  back to XLA instead of raising."""
   monkeypatch.setattr(_conv2d.jax, "device_count", lambda: 1)
   assert ops.resolve_auto_impl() == "onednn"
   x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 8, 8, 3)), jnp.float32)
-  got = {}
-  for impl in ("auto", "xla"):
-    model = get_model("resnet8", num_classes=10, **({"conv_impl": impl} if impl == "xla" else {}))
-    variables = model.init(jax.random.key(0), x)
-    text = str(jax.make_jaxpr(model.apply)(variables, x))
-    assert ("kdjax_conv2d_fwd" in text) == (impl == "auto")
-
-    def loss(params, model=model, variables=variables):
-      logits = model.apply({**variables, "params": params}, x)
-      return jnp.sum(jnp.sin(logits)), logits
-
-    got[impl] = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
-  for g, e in zip(jax.tree.leaves(got["auto"]), jax.tree.leaves(got["xla"])):
-    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+  plain, default = get_model("resnet8", num_classes=10, conv_impl="xla"), get_model(
+      "resnet8", num_classes=10)
+  # Random variables of the right shapes (jitting ``init`` would compile for 14 CPU-seconds).
+  rng = np.random.default_rng(0)
+  shapes = jax.eval_shape(plain.init, jax.random.key(0), x)
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: (rng.uniform(0.5, 1.5, leaf.shape) if "var" in jax.tree_util.keystr(path)
+                          else rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]) or 1)
+                          ).astype(np.float32), shapes)
+  text = str(jax.make_jaxpr(default.apply)(variables, x))
+  # resnet8: stem + 3 blocks x 2 + 2 strided shortcuts = 9 convolutions, all oneDNN
+  assert text.count("kdjax_conv2d_fwd") == 9 and "conv_general_dilated[" not in text
+  np.testing.assert_allclose(jax.jit(default.apply)(variables, x),
+                             jax.jit(plain.apply)(variables, x), rtol=1e-4, atol=1e-5)
   w = jnp.ones((3, 3, 3, 4), jnp.bfloat16)
   want = lax.conv_general_dilated(x.astype(jnp.bfloat16), w, (1, 1), ((1, 1), (1, 1)),
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -313,3 +314,33 @@ def test_build_entry_point(onednn, capsys):
   from kdjax.ops import build
   assert build.main([]) == 0
   assert capsys.readouterr().out.strip().endswith("libkdjax_conv2d.so")
+
+
+def test_ensemble_of_onednn_conv_members_equals_their_loop(onednn):
+  """``kdjax.ensemble.apply`` over conv members (the oneDNN convolution once per member inside
+  one compiled ``lax.map``, or ``vmap``, whose FFI call loops over members) gives exactly a
+  Python loop of jitted member calls."""
+  import flax.linen as nn
+
+  from kdjax import ensemble
+  from kdjax.models._layers import conv
+
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(conv(4, 3, padding=1, impl="onednn")(x))
+      x = conv(6, 3, stride=2, padding=1, bias=True, impl="onednn")(x)
+      return nn.Dense(5)(jnp.mean(x, axis=(1, 2)))
+
+  model = Tiny()
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 8, 8, 3)), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+  rng = np.random.default_rng(7)
+  members = [jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+             for _ in range(3)]
+  member = jax.jit(ensemble.linen_apply_fn(model))
+  loop = np.stack([member(p, x) for p in members])
+  stacked = ensemble.stack(members)
+  for strategy in ("map", "vmap"):
+    got = ensemble.apply(model, stacked, x, strategy=strategy)
+    np.testing.assert_array_equal(got, loop, err_msg=strategy)
