@@ -66,12 +66,18 @@ CATEGORIES = ("ynn_fusion/dot", "XLA conv", "oneDNN conv (FFI)", "copy/transpose
 # ------------------------------------------------------------------------------- traces
 
 
+def _base(hlo_op: str) -> str:
+  """``"ynn_fusion.3"`` -> ``"ynn_fusion"``."""
+  head, _, tail = hlo_op.rpartition(".")
+  return head if head and tail.isdigit() else hlo_op
+
+
 def category(hlo_op: str) -> str:
   """The category of an XLA:CPU thunk from its HLO op name (``ynn_fusion.3`` -> ``ynn_fusion/dot``)."""
-  name = hlo_op.rsplit(".", 1)[0] if hlo_op.rsplit(".", 1)[-1].isdigit() else hlo_op
+  name = _base(hlo_op)
   if name in ("ynn_fusion", "xnn_fusion", "dot") or name.startswith("dot") or "gemm" in name:
     return "ynn_fusion/dot"
-  if "convolution" in name:
+  if "convolution" in name or name.startswith("conv"):
     return "XLA conv"
   if "custom-call" in name or "custom_call" in name or name.startswith("ffi"):
     return "oneDNN conv (FFI)"
@@ -97,12 +103,12 @@ def trace_breakdown(run, units: int) -> dict:
   by_cat, by_name = collections.Counter(), collections.Counter()
   for e in events:
     op = (e.get("args") or {}).get("hlo_op")
-    if e.get("ph") != "X" or not op or e["name"].startswith("end:") or e["name"] in (
-        "while", "call", "conditional"):
+    if e.get("ph") != "X" or not op or e["name"].startswith("end:") or _base(op) in (
+        "while", "call", "conditional"):  # control flow: its time is its body's thunks
       continue
     ms = e.get("dur", 0) / 1e3 / units
     by_cat[category(op)] += ms
-    by_name[op.rsplit(".", 1)[0]] += ms
+    by_name[_base(op)] += ms
   return {"wall_ms": wall * 1e3 / units, "thunk_ms": dict(by_cat),
           "thunk_total_ms": float(sum(by_cat.values())),
           "top_thunks_ms": dict(by_name.most_common(6))}

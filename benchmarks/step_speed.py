@@ -34,7 +34,7 @@ CIFAR resnet56 -> resnet20, batch 64; W4 resnet32x4 -> resnet8x4, batch 64 (100 
   python benchmarks/step_speed.py --quick --out-dir /tmp/x   # smoke test, tiny sizes
   python benchmarks/step_speed.py --workloads W2 --no-torch --profile /tmp/trace  # a trace
 
-Writes ``step_speed.{json,md,png}`` to ``benchmarks/results/`` (or ``--out-dir``).
+Writes ``step_speed.{json,md,png}`` (``--name``) to ``benchmarks/results/`` (or ``--out-dir``).
 """
 
 import argparse
@@ -225,6 +225,8 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true",
                       help="smoke test: tiny models, chunk 2, 2 rounds")
   parser.add_argument("--out-dir", default=_bench.RESULTS_DIR)
+  parser.add_argument("--name", default="step_speed",
+                      help="output file stem: <out-dir>/<name>.{json,md,png}")
   parser.add_argument("--profile", default="",
                       help="write a jax.profiler trace of one kdjax block per impl here")
   args = parser.parse_args(argv)
@@ -316,7 +318,7 @@ def main(argv=None):
     ax.set_title("KD train step, " + _bench.meta_line(meta), fontsize=8)
     ax.legend(fontsize=8)
 
-  _bench.write_outputs("step_speed", {"meta": meta, "rows": rows}, table, args.out_dir, plot)
+  _bench.write_outputs(args.name, {"meta": meta, "rows": rows}, table, args.out_dir, plot)
   return rows
 
 
