@@ -156,3 +156,21 @@ def test_status_table_from_results(tmp_path):
   text = readme.read_text()
   assert text.startswith("a\n") and text.endswith("b\n") and "old" not in text
   assert "1.31x (1.21-1.41) torchdistill" in text
+
+
+def test_trainer_overlap_tiny(tmp_path):
+  """benchmarks/trainer_overlap.py at toy size: every mode runs the real trainer and
+  reaches the results files (jax is already imported here: XLA keeps its threads)."""
+  bench = _load("trainer_overlap")
+  result = bench.main(["--reps", "1", "--warmup", "0", "--image", "8", "--batch", "8",
+                       "--hidden", "8", "--steps_per_call", "1", "--log_every", "2",
+                       "--intervals", "2", "--device_threads", "all",
+                       "--out", str(tmp_path / "trainer_overlap")])
+  assert [r["mode"] for r in result["rows"]] == list(bench.MODES)
+  assert all(r["ms_per_step_median"] > 0 for r in result["rows"])
+  assert result["meta"]["host_ms_per_batch"] > 0
+  assert "prefetch=2 is" in (tmp_path / "trainer_overlap.md").read_text()
+  configs = {m: bench.make_config(m, image=8, batch=8, hidden=8, steps_per_call=1,
+                                  log_every=2, intervals=2) for m in bench.MODES}
+  assert [configs[m].data.prefetch for m in bench.MODES] == [2, 0, 0]
+  assert [configs[m].log_every for m in bench.MODES] == [2, 2, 1]
