@@ -5,7 +5,7 @@
 #   step_speed.py W2, W4 (chunk of 5 steps, 3 rounds) -> results/step_speed_conv.{json,md,png}
 #   ensemble_vs_torch.py 8 MLP / 8 ResNet-20 members  -> results/ensemble_vs_torch.{json,md,png}
 #   status_table.py                                    -> benchmarks/README.md
-# About 9 minutes on 2 quiet cores with PyTorch + torchdistill installed (pip install '.[bench]').
+# About 9-10 minutes on 2 quiet cores (estimated from CPU times under load) with PyTorch + torchdistill installed (pip install '.[bench]').
 #
 #   bash benchmarks/quiet_rerun.sh
 set -euo pipefail
