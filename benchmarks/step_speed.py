@@ -21,9 +21,10 @@ Timing: see ``benchmarks/_bench.py`` (compile + warm-up first, interleaved block
 ``--block`` steps, ``--reps`` rounds, medians and 25th-75th percentiles, per-round ratios
 to torchdistill -- to plain PyTorch when torchdistill is absent --, the load before and
 after every round). GFLOP/s: XLA's ``cost_analysis()`` FLOPs of the compiled one-step
-program (the online step's count is used for PyTorch, which computes the same math; the
-cached step's own count for ``kdjax_cached``), as a fraction
-of each framework's float32 1024^3 matmul rate, timed as one more block in the same
+program, built with ``conv_impl="xla"`` for the CNNs (XLA cannot count the FLOPs inside the
+oneDNN FFI calls that the default ``"auto"`` runs on one CPU device); the online step's count
+is used for PyTorch, which computes the same math, the cached step's own count for
+``kdjax_cached``; as a fraction of each framework's float32 1024^3 matmul rate, timed as one more block in the same
 interleaved rounds (so it sees the same load as the steps).
 
 Workloads: W1 Hinton MLPs 784-1200-1200-10 -> 784-800-800-10 at batch 128 and 1024; W2
@@ -34,7 +35,7 @@ CIFAR resnet56 -> resnet20, batch 64; W4 resnet32x4 -> resnet8x4, batch 64 (100 
   python benchmarks/step_speed.py --quick --out-dir /tmp/x   # smoke test, tiny sizes
   python benchmarks/step_speed.py --workloads W2 --no-torch --profile /tmp/trace  # a trace
 
-Writes ``step_speed.{json,md,png}`` to ``benchmarks/results/`` (or ``--out-dir``).
+Writes ``step_speed.{json,md,png}`` (``--name``) to ``benchmarks/results/`` (or ``--out-dir``).
 """
 
 import argparse
@@ -112,9 +113,18 @@ def kdjax_candidates(w: dict, chunk: int, block: int, impls, seed: int = 0) -> t
     cost = fn.lower(fresh(), batch, teacher_vars).compile().cost_analysis()
     return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
-  flops = {"online": step_flops(online, one, t_vars)}
+  # XLA's cost analysis cannot see into the oneDNN FFI convolutions that conv_impl="auto"
+  # runs on one CPU device: count the FLOPs of the same step with XLA's convolutions.
+  online_x, cached_x = online, cached
+  if len(w["shape"]) == 3:
+    student_x = get_model(sname, num_classes=w["classes"], conv_impl="xla", **skw)
+    teacher_x = get_model(tname, num_classes=w["classes"], conv_impl="xla", **tkw)
+    online_x = make_train_chunk(model=student_x, objective=objective, tx=tx,
+                                teacher_apply=frozen_teacher_apply(teacher_x))
+    cached_x = make_train_chunk(model=student_x, objective=objective, tx=tx)
+  flops = {"online": step_flops(online_x, one, t_vars)}
   if "kdjax_cached" in impls:  # no teacher forward in this step
-    flops["cached"] = step_flops(cached, {**one, "teacher_logits": t_logits[:1]}, None)
+    flops["cached"] = step_flops(cached_x, {**one, "teacher_logits": t_logits[:1]}, None)
 
   def runner(fn, batches, steps_per_call, teacher_vars):
     if block % steps_per_call:
@@ -225,6 +235,8 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true",
                       help="smoke test: tiny models, chunk 2, 2 rounds")
   parser.add_argument("--out-dir", default=_bench.RESULTS_DIR)
+  parser.add_argument("--name", default="step_speed",
+                      help="output file stem: <out-dir>/<name>.{json,md,png}")
   parser.add_argument("--profile", default="",
                       help="write a jax.profiler trace of one kdjax block per impl here")
   args = parser.parse_args(argv)
@@ -316,7 +328,7 @@ def main(argv=None):
     ax.set_title("KD train step, " + _bench.meta_line(meta), fontsize=8)
     ax.legend(fontsize=8)
 
-  _bench.write_outputs("step_speed", {"meta": meta, "rows": rows}, table, args.out_dir, plot)
+  _bench.write_outputs(args.name, {"meta": meta, "rows": rows}, table, args.out_dir, plot)
   return rows
 
 

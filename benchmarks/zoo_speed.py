@@ -41,7 +41,12 @@ IMAGENET = ("resnet18", "resnet34", "resnet50")
 
 
 def jax_step_fn(name, x, y):
-  model = get_model(name, num_classes=10)
+  # XLA's convolutions (as when results/zoo_speed.json was taken; XLA's cost analysis cannot
+  # count FLOPs inside the oneDNN calls of the default conv_impl="auto" on one CPU device).
+  try:
+    model = get_model(name, num_classes=10, conv_impl="xla")
+  except ValueError:  # no conv_impl field (MLP, MobileNetV2, ShuffleNets: always XLA)
+    model = get_model(name, num_classes=10)
   variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
 
   @functools.partial(jax.jit, donate_argnums=0)

@@ -14,9 +14,10 @@ i" in the report), even when architectures are interleaved: the loader stacks me
 architecture, and their logits are put back in the given order.
 """
 
+import functools
 import json
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ import numpy as np
 
 from kdjax import data as kd_data
 from kdjax import ensemble, fusion, metrics
+from kdjax.models import as_model
 from kdjax.training import load_teachers
 
 
@@ -34,8 +36,15 @@ def _scores(log_probs, labels) -> dict[str, float]:
           "ece": float(metrics.expected_calibration_error(log_probs, labels))}
 
 
+@functools.cache
+def _eval_apply_fn(model) -> Callable[[Any, jax.Array], jax.Array]:
+  """``(variables, x) -> logits`` in eval mode, with the model state (BatchNorm's
+  ``batch_stats``); one function object per model, so compiled programs are reused."""
+  return lambda variables, x: as_model(model).apply(variables, x, train=False).logits
+
+
 def _group_logits(group, x) -> jax.Array:
-  return ensemble.apply(ensemble.linen_apply_fn(group.model), group.params, jnp.asarray(x))
+  return ensemble.apply(_eval_apply_fn(group.model), group.variables, jnp.asarray(x))
 
 
 def member_logits(groups, x) -> jax.Array:
@@ -90,11 +99,12 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if group.size < 2:
       continue
     arch = type(group.model).__name__
-    apply = jax.jit(lambda p, x, m=group.model: m.apply({"params": p}, x))
+    # Soups average every variable: params and the BatchNorm running statistics.
+    apply = jax.jit(_eval_apply_fn(group.model))
     predictions[f"uniform soup ({arch} x{group.size})"] = apply(
-        fusion.uniform_soup(group.params), test["x"])
+        fusion.uniform_soup(group.variables), test["x"])
     greedy = fusion.greedy_soup(
-        group.params, lambda p: metrics.accuracy(apply(p, val["x"]), val["y"]))
+        group.variables, lambda v: metrics.accuracy(apply(v, val["x"]), val["y"]))
     predictions[f"greedy soup ({arch}, {len(greedy.indices)} of {group.size})"] = apply(
         greedy.params, test["x"])
     # Soup indices count within the group; map them to the user's member numbers.

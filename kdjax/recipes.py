@@ -44,7 +44,9 @@ def cifar100_losses(method: str, student: str, *, dkd_beta: float = 8.0,
 
   ``teacher`` / ``student``: CE only (that network alone). ``kd``: 0.1 CE + 0.9 T^2 KL
   at T=4 (``hinton_kd`` alpha=0.9).
-  ``fitnets``: CE + 100 * hint on stage 2 through a conv regressor. ``at``: CE + 1000 *
+  ``fitnets``: CE + 100 * hint on stage 2 (post-ReLU, mdistiller's ``feats[2]``) through
+  mdistiller's regressor ``ConvReg`` (1x1 conv + batch-statistics BatchNorm + ReLU:
+  projector ``"conv_reg"``). ``at``: CE + 1000 *
   attention transfer (p=2) on every stage but the stem. ``dkd``: CE + DKD (alpha 1,
   ``dkd_beta``, T=4), its weight warmed up linearly over ``dkd_warmup_steps`` (20 epochs).
   """
@@ -56,7 +58,7 @@ def cifar100_losses(method: str, student: str, *, dkd_beta: float = 8.0,
     stage = STAGE_FEATURE.format(2)
     return {"cross_entropy": {"weight": 1.0},
             "hint": {"weight": 100.0, "student_feature": stage, "teacher_feature": stage,
-                     "projector": "conv"}}
+                     "projector": "conv_reg"}}
   if method == "at":
     terms = {"cross_entropy": {"weight": 1.0}}
     for i in range(1, CIFAR_STAGES[student] + 1):
@@ -81,6 +83,8 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if c.optimizer.get("warmup_steps"):
     c.optimizer.warmup_steps = 1
   c.progress_bar = False
+  if c.data.name in ("imagenet2012", "imagenette"):
+    c.data.image_size = 64  # the crops resize to any side: no 224-pixel compute in a smoke
   return c
 
 

@@ -95,3 +95,82 @@ def test_gpu_check_cpu_smoke(tmp_path):
   for r in payload["rows"]:
     assert np.isfinite(r["final_loss"]) and r["step_gflop"] > 0
   assert payload["meta"]["backend"] == "cpu"
+
+
+def test_profile_breakdown_quick_w1(tmp_path):
+  """benchmarks/profile_breakdown.py: the KD step's GEMM list has the step's matmul FLOPs
+  (teacher forward + student forward, weight and input gradients, no input gradient of the
+  first layer); thunk names map to categories; a trace finds a jitted function's thunks."""
+  bench = _load("profile_breakdown")
+  gemms = bench.kd_step_gemms([20, 32, 32, 10], [20, 16, 10], 8)
+  assert [g[0] for g in gemms] == ["fwd"] * 5 + ["dW"] * 2 + ["dX"]
+  assert sum(2 * m * k * n for _, m, k, n in gemms) == 2 * 8 * (
+      (20 * 32 + 32 * 32 + 32 * 10) + 3 * (20 * 16 + 16 * 10) - 20 * 16)
+  assert bench.category("ynn_fusion.12") == "ynn_fusion/dot"
+  assert bench.category("transpose_copy_fusion") == "copy/transpose"
+  assert bench.category("custom-call.3") == "oneDNN conv (FFI)"
+  assert bench.category("conv_general_dilated.7") == "XLA conv"
+  # The trace of a jitted matmul chain finds its thunks (the whole script: `--quick`, about
+  # 13 CPU-seconds, left to the benchmark run itself).
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((64, 64), jnp.float32)
+  f = jax.jit(lambda a: jax.nn.relu(a @ a) @ a)
+  f(a).block_until_ready()
+  trace = bench.trace_breakdown(lambda: [f(a) for _ in range(4)][-1].block_until_ready(), 4)
+  assert trace["thunk_total_ms"] > 0 and trace["wall_ms"] > 0
+  assert set(trace["thunk_ms"]) <= set(bench.CATEGORIES)
+  assert trace["thunk_ms"].get("ynn_fusion/dot", 0) > 0, trace
+  blocks, flops = bench.gemm_blocks([("fwd", 4, 3, 2)], calls=2, with_torch=False)
+  assert set(blocks) == {"gemms_jax"} and flops == 2 * 4 * 3 * 2
+  blocks["gemms_jax"]()
+
+
+def test_status_table_from_results(tmp_path):
+  """benchmarks/status_table.py: verdicts from the medians of the results JSON, missing
+  results shown as such, and only the marked block of the README replaced."""
+  bench = _load("status_table")
+  ratio = lambda m: {"median": m, "p25": m - 0.1, "p75": m + 0.1}  # noqa: E731
+  load = [[1.0, 1.2]]
+  step = {"meta": {"chunk": 25, "date_utc": "d"}, "rows": [
+      {"workload": "W1_b128", "impl": "kdjax_chunk", "vs": "torchdistill", "ratio": ratio(1.31),
+       "load": load, "gflops": 100.0, "fraction_of_matmul": 0.9},
+      {"workload": "W1_b1024", "impl": "kdjax_chunk", "vs": "torchdistill", "ratio": ratio(1.2),
+       "load": load, "gflops": 100.0, "fraction_of_matmul": 0.7}]}
+  ens = {"meta": {"date_utc": "d"}, "rows": [
+      {"model": "mlp", "impl": "apply[auto]", "vs_best_torch": ratio(1.1),
+       "vs_jax_loop": ratio(1.0), "load": load}]}
+  (tmp_path / "step_speed.json").write_text(json.dumps(step))
+  (tmp_path / "ensemble_vs_torch.json").write_text(json.dumps(ens))
+  rows = {r[0]: r for r in bench.rows_from_results(str(tmp_path))}
+  assert rows["KD step >= 1.3x torchdistill, W1 b128"][2] == "met"
+  w1024 = rows["KD step >= 1.1x torchdistill and >= 80% of the matmul rate, W1 b1024"]
+  assert w1024[2] == "**missed**" and "70% of the matmul rate" in w1024[1]  # ratio ok, rate not
+  assert rows["KD step >= 1.0x torchdistill, W2 resnet56 -> resnet20 b64"][1] == "not measured"
+  assert rows["`ensemble.apply` >= 1.2x best PyTorch, 8 MLP members"][2] == "**missed**"
+  assert rows["`ensemble.apply` never slower than a JAX loop"][2] == "met"
+  assert rows[">= 50% of the bf16 matmul rate on a GPU"][2] == "not run"
+  readme = tmp_path / "README.md"
+  readme.write_text(f"a\n{bench.BEGIN}\nold\n{bench.END}\nb\n")
+  bench.main(["--results-dir", str(tmp_path), "--readme", str(readme)])
+  text = readme.read_text()
+  assert text.startswith("a\n") and text.endswith("b\n") and "old" not in text
+  assert "1.31x (1.21-1.41) torchdistill" in text
+
+
+def test_trainer_overlap_tiny(tmp_path):
+  """benchmarks/trainer_overlap.py at toy size: every mode runs the real trainer and
+  reaches the results files (jax is already imported here: XLA keeps its threads)."""
+  bench = _load("trainer_overlap")
+  result = bench.main(["--reps", "1", "--warmup", "0", "--image", "8", "--batch", "8",
+                       "--hidden", "8", "--steps_per_call", "1", "--log_every", "2",
+                       "--intervals", "2", "--device_threads", "all",
+                       "--out", str(tmp_path / "trainer_overlap")])
+  assert [r["mode"] for r in result["rows"]] == list(bench.MODES)
+  assert all(r["ms_per_step_median"] > 0 for r in result["rows"])
+  assert result["meta"]["host_ms_per_batch"] > 0
+  assert "prefetch=2 is" in (tmp_path / "trainer_overlap.md").read_text()
+  configs = {m: bench.make_config(m, image=8, batch=8, hidden=8, steps_per_call=1,
+                                  log_every=2, intervals=2) for m in bench.MODES}
+  assert [configs[m].data.prefetch for m in bench.MODES] == [2, 0, 0]
+  assert [configs[m].log_every for m in bench.MODES] == [2, 2, 1]

@@ -1,15 +1,15 @@
 """Shipped reproduction configs' smoke variants through `train_and_evaluate` on tfds mock
 data (``config.data.mock_examples``; nothing downloads).
 
-The suite runs the Hinton MNIST smokes and the KD smoke of one CIFAR-100 pair; the whole
-matrix (every pair, every method on resnet56_to_resnet20, the ImageNet configs) compiles
-deep ResNets on the CPU for about 20 CPU-minutes, more than CI's budget, and lives in
-``tests/full_config_smokes.py``: ``pytest tests/full_config_smokes.py``.
+The suite runs the smoke of every config file and of every distillation method: each
+CIFAR-100 pair with one method (KD, AT, DKD, FitNets: each method on one pair), both
+ImageNet configs and the Hinton MNIST teacher, student and KD. The whole matrix (every
+pair x every method, from a teacher run) costs more CPU-minutes of deep-ResNet compiles
+than CI's budget and lives in ``tests/full_config_smokes.py``:
+``pytest tests/full_config_smokes.py``.
 
 KD smokes read their teacher from a flax msgpack file (``teacher.params_file``, the
-config's ``teacher.model`` architecture) of a freshly initialised teacher, except on
-resnet56_to_resnet20, where every method runs and the KD-family methods use the
-workdir of that file's ``teacher,smoke`` run (``teacher.workdir``). MNIST: Hinton's
+config's ``teacher.model`` architecture) of random teacher variables; MNIST: Hinton's
 teacher run, then the student and KD (from the teacher's workdir).
 """
 
@@ -20,6 +20,7 @@ import pathlib
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -68,18 +69,55 @@ def test_every_config_file_is_covered():
 
 
 def write_msgpack_teacher(path: pathlib.Path, name: str, num_classes: int, size: int) -> str:
-  model = get_model(name, num_classes=num_classes)
-  variables = as_model(model).init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  """A flax msgpack file of teacher ``name``'s variables, drawn with NumPy: He-normal
+  kernels (std :math:`\\sqrt{2 / \\text{fan\\_in}}`), unit scales and variances, zero
+  biases and means. NumPy, not ``model.init``: eager initializers compile one XLA program
+  per weight shape, which costs more than the smoke's own training on the CPU."""
+  model = as_model(get_model(name, num_classes=num_classes))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  rng = np.random.default_rng(0)
+
+  def draw(key_path, leaf):
+    leaf_name = str(key_path[-1].key)
+    if leaf_name == "kernel":
+      fan_in = math.prod(leaf.shape[:-1])
+      return (rng.standard_normal(leaf.shape) * math.sqrt(2.0 / fan_in)).astype(leaf.dtype)
+    return (np.ones if leaf_name in ("scale", "var") else np.zeros)(leaf.shape, leaf.dtype)
+
+  variables = jax.tree_util.tree_map_with_path(draw, shapes)
   path.write_bytes(flax.serialization.to_bytes(variables))
   return str(path)
 
 
-@pytest.mark.parametrize("pair", ["vgg13_to_vgg8"])  # the other pairs: full_config_smokes.py
-def test_cifar100_kd_smoke_from_a_params_file(pair, tmp_path):
+# Each CIFAR-100 config file with one method; every distillation method on one pair.
+CIFAR_SMOKES = (("vgg13_to_vgg8", "kd"), ("resnet32x4_to_resnet8x4", "at"),
+                ("wrn_40_2_to_wrn_16_2", "dkd"), ("resnet56_to_resnet20", "fitnets"))
+
+
+def test_every_pair_and_every_distillation_method_has_a_smoke_in_the_suite():
+  from kdjax import recipes
+
+  assert {pair for pair, _ in CIFAR_SMOKES} == set(CIFAR_PAIRS)
+  assert {m for _, m in CIFAR_SMOKES} == set(recipes.METHODS) - {"teacher", "student"}
+
+
+@pytest.mark.parametrize("pair, method", CIFAR_SMOKES)
+def test_cifar100_smoke_from_a_params_file(pair, method, tmp_path):
   teacher = pair.split("_to_")[0]
   params_file = write_msgpack_teacher(tmp_path / f"{teacher}.msgpack", teacher, 100, 32)
-  summary = run(f"cifar100/{pair}.py", "kd,smoke", tmp_path / "kd",
+  summary = run(f"cifar100/{pair}.py", f"{method},smoke", tmp_path / method,
                 **{"teacher.params_file": params_file})
+  assert summary["teacher_test"]["members"] == 1
+
+
+@pytest.mark.parametrize("path, arg, teacher", [
+    ("imagenet/resnet34_to_resnet18.py", "kd,smoke", "resnet34"),
+    ("imagenet/function_matching.py", "smoke", "resnet50"),
+])
+def test_imagenet_smoke_from_a_params_file(path, arg, teacher, tmp_path):
+  size = load_config(path, arg).data.get("image_size") or 224
+  params_file = write_msgpack_teacher(tmp_path / f"{teacher}.msgpack", teacher, 1000, size)
+  summary = run(path, arg, tmp_path / "w", **{"teacher.params_file": params_file})
   assert summary["teacher_test"]["members"] == 1
 
 

@@ -170,6 +170,59 @@ def test_kd_smoke_config_with_a_batchnorm_teacher_workdir(resnet8_runs, tmp_path
   jax.tree.map(np.testing.assert_array_equal, load_variables(root / "d8"), teacher_before)
 
 
+def test_fuse_evaluates_batchnorm_members_and_soups_with_their_running_statistics(
+    resnet8_runs, tmp_path):
+  """``kdjax fuse`` on BatchNorm members: each member row, and the uniform soup of a
+  member with itself, is that member's own eval-mode test score (``batch_stats`` used and
+  averaged, not dropped or re-initialised)."""
+  from kdjax import metrics
+  from kdjax.data import load_dataset
+  from kdjax.fuse import run_fuse
+  from kdjax.training import load_run
+
+  root, _ = resnet8_runs
+  config = load_config("mnist1d/fuse_cnn5.py")
+  config.data.name, config.data.val_size = "digits", 300
+  config.data.kwargs = {"image_shape": (8, 8, 1)}
+  config.members = f"{root / 'd8'},{root / 'd8'}"
+  config.deep.folds, config.deep.steps = 2, 5
+  report = run_fuse(config, str(tmp_path / "fuse"))
+  test = load_dataset("digits", image_shape=(8, 8, 1), val_size=300)["test"]
+  model, variables, _ = load_run(root / "d8")
+  assert set(variables) == {"params", "batch_stats"}
+  logits = jax.jit(model.apply)(variables, jnp.asarray(test["x"]))
+  want = [float(metrics.accuracy(logits, test["y"])), float(metrics.nll(logits, test["y"]))]
+  for row in ("member 0 (d8)", "member 1 (d8)", "uniform soup (CifarResNet x2)"):
+    got = report["test"][row]
+    np.testing.assert_allclose([got["accuracy"], got["nll"]], want, rtol=1e-4, err_msg=row)
+
+
+def test_a_teacher_initialised_student_starts_from_the_teachers_running_statistics():
+  """Born-again (identity mapping) and a rule mapping that copies one block: the copied
+  modules' ``batch_stats`` are the teacher's, the others stay the student's own."""
+  from kdjax.training._init import copy_teacher_state, module_pairs
+
+  init = jax.jit(as_model(get_model("resnet8", num_classes=10)).init)
+  student, teacher = (init(jax.random.key(k), jnp.zeros((1, 8, 8, 1))) for k in (0, 1))
+  teacher["batch_stats"] = jax.tree.map(lambda a: a + 1.5, teacher["batch_stats"])
+  flat = lambda tree: dict(zip(*zip(*[(jax.tree_util.keystr(p), v) for p, v in  # noqa: E731
+                                      jax.tree_util.tree_leaves_with_path(tree)])))
+
+  for mapping in (None, [(r"(layer2_0/.*)", r"\1")]):
+    new_params, copied = losses.init_from_teacher(student["params"], teacher["params"],
+                                                  mapping=mapping)
+    state, copied_state = copy_teacher_state(
+        {"batch_stats": student["batch_stats"]}, teacher,
+        module_pairs(copied, student["params"], teacher["params"], mapping))
+    got, t_stats, s_stats = (flat(x) for x in (state["batch_stats"], teacher["batch_stats"],
+                                               student["batch_stats"]))
+    assert copied_state and all(p.startswith("batch_stats/") for p in copied_state)
+    for key in got:
+      from_teacher = mapping is None or "layer2_0" in key
+      np.testing.assert_array_equal(got[key], (t_stats if from_teacher else s_stats)[key])
+    assert len(copied_state) == sum(mapping is None or "layer2_0" in k for k in got)
+
+
 def runs_accuracy(workdir) -> float:
   return json.loads((workdir / "summary.json").read_text())["test"]["accuracy"]
 

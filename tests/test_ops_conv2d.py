@@ -189,6 +189,78 @@ def test_conv_impl_reaches_every_zoo_convolution(onednn, name):
   assert counts["onednn"] == (counts["xla"][1], 0)
 
 
+@pytest.fixture
+def fresh_auto():
+  """``resolve_auto_impl`` decided anew in the test, and again (for this process) after it."""
+  _conv2d.resolve_auto_impl.cache_clear()
+  yield
+  _conv2d.resolve_auto_impl.cache_clear()
+
+
+def test_choose_auto_impl_both_ways():
+  calls = []
+
+  def reason(value):
+    return lambda: calls.append(value) or value
+
+  assert ops.choose_auto_impl("cpu", 1, reason(None))[0] == "onednn"
+  impl, why = ops.choose_auto_impl("cpu", 1, reason("oneDNN >= 3 not found (looked ...)\nmore"))
+  assert (impl, why) == ("xla", "oneDNN convolution unavailable: oneDNN >= 3 not found (looked ...)")
+  assert ops.choose_auto_impl("cpu", 8, reason(None)) == (
+      "xla", "8 devices: the FFI call is not partitioned (XLA would gather a sharded batch onto "
+      "every device)")
+  assert ops.choose_auto_impl("gpu", 1, reason(None))[0] == "xla"
+  assert calls == [None, "oneDNN >= 3 not found (looked ...)\nmore"]  # never built off one CPU
+
+
+def test_auto_is_plain_xla_on_several_devices(fresh_auto, caplog):
+  """The test process has 8 CPU devices: the zoo's default ``"auto"`` is XLA's convolution
+  itself (the same jaxpr as ``"xla"``), decided once and logged once."""
+  caplog.set_level("INFO")
+  assert ops.conv_general_dilated("auto") is lax.conv_general_dilated
+  x = jnp.zeros((2, 8, 8, 3), jnp.float32)
+  texts = {}
+  for impl in ("auto", "xla", None):
+    model = get_model("resnet8", num_classes=10, **({} if impl is None else {"conv_impl": impl}))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    texts[impl] = str(jax.make_jaxpr(model.apply)(variables, x))
+  assert texts["auto"] == texts["xla"] == texts[None]
+  assert "kdjax_conv2d_fwd" not in texts["auto"]
+  logged = [r.getMessage() for r in caplog.records if "conv_impl='auto'" in r.getMessage()]
+  assert logged == ["kdjax.ops: conv_impl='auto' runs xla convolutions (8 devices: the FFI call "
+                    "is not partitioned (XLA would gather a sharded batch onto every device))"]
+
+
+def test_auto_on_one_cpu_device_is_onednn_and_equals_xla(onednn, fresh_auto, monkeypatch):
+  """With one device (as a plain CPU process has), the default ``"auto"`` runs every dense
+  convolution through oneDNN and the logits equal ``"xla"``'s to float32 rounding
+  (gradients: ``test_resnet20_forward_and_grad_equal_across_impls``); bfloat16 inputs fall
+  back to XLA instead of raising."""
+  monkeypatch.setattr(_conv2d.jax, "device_count", lambda: 1)
+  assert ops.resolve_auto_impl() == "onednn"
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 8, 8, 3)), jnp.float32)
+  plain, default = get_model("resnet8", num_classes=10, conv_impl="xla"), get_model(
+      "resnet8", num_classes=10)
+  # Random variables of the right shapes (jitting ``init`` would compile for 14 CPU-seconds).
+  rng = np.random.default_rng(0)
+  shapes = jax.eval_shape(plain.init, jax.random.key(0), x)
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: (rng.uniform(0.5, 1.5, leaf.shape) if "var" in jax.tree_util.keystr(path)
+                          else rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]) or 1)
+                          ).astype(np.float32), shapes)
+  text = str(jax.make_jaxpr(default.apply)(variables, x))
+  # resnet8: stem + 3 blocks x 2 + 2 strided shortcuts = 9 convolutions, all oneDNN
+  assert text.count("kdjax_conv2d_fwd") == 9 and "conv_general_dilated[" not in text
+  np.testing.assert_allclose(jax.jit(default.apply)(variables, x),
+                             jax.jit(plain.apply)(variables, x), rtol=1e-4, atol=1e-5)
+  w = jnp.ones((3, 3, 3, 4), jnp.bfloat16)
+  want = lax.conv_general_dilated(x.astype(jnp.bfloat16), w, (1, 1), ((1, 1), (1, 1)),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got_bf16 = ops.conv_general_dilated("auto")(x.astype(jnp.bfloat16), w, (1, 1), ((1, 1), (1, 1)),
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_array_equal(np.asarray(got_bf16, np.float32), np.asarray(want, np.float32))
+
+
 def test_auto_uses_xla_where_onednn_does_not_fit(monkeypatch):
   x, w, strides, padding = _inputs(CASES[0])
   pads = _conv2d._pads(x.shape, w.shape, strides, padding)
@@ -196,7 +268,7 @@ def test_auto_uses_xla_where_onednn_does_not_fit(monkeypatch):
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
   got = conv2d(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), strides, padding, impl="auto")
   np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
-  monkeypatch.setattr(_conv2d, "onednn_available", lambda: False)
+  monkeypatch.setattr(_conv2d, "resolve_auto_impl", lambda: "xla")
   want32 = lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_array_equal(conv2d(x, w, strides, padding, impl="auto"), want32)
 
@@ -242,3 +314,33 @@ def test_build_entry_point(onednn, capsys):
   from kdjax.ops import build
   assert build.main([]) == 0
   assert capsys.readouterr().out.strip().endswith("libkdjax_conv2d.so")
+
+
+def test_ensemble_of_onednn_conv_members_equals_their_loop(onednn):
+  """``kdjax.ensemble.apply`` over conv members (the oneDNN convolution once per member inside
+  one compiled ``lax.map``, or ``vmap``, whose FFI call loops over members) gives exactly a
+  Python loop of jitted member calls."""
+  import flax.linen as nn
+
+  from kdjax import ensemble
+  from kdjax.models._layers import conv
+
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(conv(4, 3, padding=1, impl="onednn")(x))
+      x = conv(6, 3, stride=2, padding=1, bias=True, impl="onednn")(x)
+      return nn.Dense(5)(jnp.mean(x, axis=(1, 2)))
+
+  model = Tiny()
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 8, 8, 3)), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+  rng = np.random.default_rng(7)
+  members = [jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+             for _ in range(3)]
+  member = jax.jit(ensemble.linen_apply_fn(model))
+  loop = np.stack([member(p, x) for p in members])
+  stacked = ensemble.stack(members)
+  for strategy in ("map", "vmap"):
+    got = ensemble.apply(model, stacked, x, strategy=strategy)
+    np.testing.assert_array_equal(got, loop, err_msg=strategy)

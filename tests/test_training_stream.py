@@ -1,8 +1,14 @@
 """The trainer on streaming data (``config.data.source`` "synthetic" / "tfds"): exact
-resume of params and batches, the teacher on the student's augmented view, masked
-streaming evaluation, ``steps_per_call`` and ``num_epochs``."""
+resume of params and batches (after an in-process crash and after a SIGKILL of the CLI),
+the teacher on the student's augmented view, masked streaming evaluation,
+``steps_per_call`` and ``num_epochs``."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +16,7 @@ import numpy as np
 import pytest
 
 from kdjax import data as kd_data
+from kdjax.configs import load_config
 from kdjax.training import _inputs, default_config, load_params, train_and_evaluate
 from kdjax.training._evaluate import evaluate_stream
 
@@ -183,3 +190,94 @@ def test_mixup_with_a_hard_label_term_is_a_one_line_error(tmp_path):
       "dkd": {"weight": 1.0}}, "teacher.workdir": "unused"})
   with pytest.raises(ValueError, match=r"config\.data\.mixup_alpha=0\.4 .*\['dkd'\]"):
     train_and_evaluate(config, str(tmp_path / "w"))
+
+
+# A streaming run killed by SIGKILL in a subprocess (`python -m kdjax.main train`).
+KILL_CONFIG = '''
+from kdjax.training import default_config
+
+
+def get_config():
+  c = default_config()
+  c.data.name = c.data.source = "synthetic"
+  c.data.synthetic = {"num_examples": 200, "eval_examples": 44, "shape": (8, 8, 3),
+                      "num_classes": 5}
+  c.data.augment = "pad_crop_flip"
+  c.data.mixup_alpha = 0.4
+  c.model.hidden = (32,)
+  c.optimizer.name, c.optimizer.learning_rate = "sgd", 0.05
+  c.batch_size, c.eval_batch_size = 16, 16
+  c.num_steps, c.steps_per_call, c.log_every = 240, 4, 20
+  c.eval_every, c.checkpoint_every = 120, 60
+  c.progress_bar = False
+  return c
+'''
+
+
+def committed_checkpoints(workdir) -> list[int]:
+  """Steps of the checkpoints orbax has committed (its temporary folders left out)."""
+  try:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  except OSError:
+    return []
+
+
+def logged_steps(workdir) -> list[int]:
+  try:
+    return [json.loads(line)["step"] for line in
+            (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  except (OSError, ValueError):
+    return []
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_streaming_cli_run_resumes_bit_identically(tmp_path):
+  """`kdjax train` on an augmented (crop + flip + mixup) synthetic stream, killed with
+  SIGKILL between two checkpoints, then rerun: the resumed run continues the data stream
+  where its last checkpoint left it, so every logged metric (a function of the batches)
+  and the final parameters equal an uninterrupted run's bit for bit."""
+  config_file = tmp_path / "stream_kill.py"
+  config_file.write_text(KILL_CONFIG)
+  # The uninterrupted run (one checkpoint, at the end: saves do not change the training).
+  full = train_and_evaluate(load_config(config_file, None, {"checkpoint_every": 240}),
+                            str(tmp_path / "full"))
+
+  workdir = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "kdjax.main", "train", "--config", str(config_file),
+         "--workdir", str(workdir)]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",  # bit-exactness is asserted on the CPU
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         # the rerun loads the killed run's compiled steps instead of compiling again
+         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline, killed_after = time.time() + 120, None
+  while time.time() < deadline and proc.poll() is None:
+    ckpts, steps = committed_checkpoints(workdir), logged_steps(workdir)
+    if ckpts and ckpts[-1] >= 60 and steps and steps[-1] > ckpts[-1]:
+      killed_after = (ckpts[-1], steps[-1])  # between two checkpoints: data read ahead
+      break
+    time.sleep(0.002)
+  assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  assert not (workdir / "summary.json").exists()
+
+  done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["backend"] == "cpu" and summary["steps"] == 240
+  assert summary["resumed_from"] >= killed_after[0]  # a later save may have completed
+  assert summary["resumed_from"] < 240
+  print(f"\nSIGKILL after checkpoint {killed_after[0]}, logged step {killed_after[1]}; "
+        f"resumed from {summary['resumed_from']}")
+  jax.tree.map(np.testing.assert_array_equal, load_params(workdir),
+               load_params(tmp_path / "full"))
+  records = lambda w: [json.loads(line) for line in  # noqa: E731
+                       (w / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records(workdir)] == list(range(20, 241, 20))
+  assert records(workdir) == records(tmp_path / "full")  # same batches, same metrics
+  assert summary["test"] == full["test"]
+  stream_state = lambda w: json.loads(  # noqa: E731
+      (w / "checkpoints/240/data/process_0-of-1.json").read_text())
+  assert stream_state(workdir) == stream_state(tmp_path / "full")

@@ -5,7 +5,8 @@ pair): 240 epochs, batch 64, SGD lr 0.05, momentum 0.9, weight decay 5e-4, lr x0
 epochs 150/180/210, pad-4 crop + flip, the teacher online on the student's view; KD at
 T=4 (0.1 CE + 0.9 KD), FitNets (CE + 100 hint on stage 2), AT (CE + 1000 AT, p=2), DKD
 (CE + DKD alpha 1, beta 8, T=4, weight warmed up over 20 epochs, mdistiller's beta
-for this pair).
+for this pair). The FitNets regressor is mdistiller's ConvReg (1x1 conv + BatchNorm
+with batch statistics + ReLU, projector "conv_reg"), on post-ReLU stage-2 features.
 
 Published top-1 on the test set to match (as quoted in the DKD paper, Zhao et al. 2022, Table 1/2):
   student alone 72.50, KD 73.33, FitNets 73.50, AT 73.44, DKD 76.32.

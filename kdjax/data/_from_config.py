@@ -64,7 +64,8 @@ def pipelines_from_config(data_config, *, batch_size: int, eval_batch_size: int,
   elif source == "tfds":
     spec = dataset_spec(data_config.name)
     train_src, eval_src = _tfds_sources(data_config, spec)
-    num_classes, image_size, mean, std = spec.num_classes, spec.image_size, spec.mean, spec.std
+    num_classes, mean, std = spec.num_classes, spec.mean, spec.std
+    image_size = int(data_config.get("image_size") or spec.image_size)
     train_augment, eval_augment, name = spec.train_augment, spec.eval_augment, data_config.name
   else:
     raise ValueError(f"config.data.source={source!r} has no streaming pipeline; streaming "

@@ -234,9 +234,12 @@ def _make_term(label: str, name: str, weight: Any, kwargs: Mapping[str, Any]) ->
         schedules.add(key)
   if "temperature" in full and "temperature" not in schedules:
     _checks.check_positive(f"make_objective: term {label!r}", "temperature", full["temperature"])
-  if full.get("projector") not in (None, "dense", "conv"):
-    raise ValueError(f"make_objective: term {label!r}: projector must be None, 'dense' or "
-                     f"'conv', got {full['projector']!r}")
+  if full.get("projector") not in (None, "dense", "conv", "conv_reg"):
+    raise ValueError(f"make_objective: term {label!r}: projector must be None, 'dense', "
+                     f"'conv' or 'conv_reg', got {full['projector']!r}")
+  if full.get("projector") == "conv_reg" and full.get("norm") is not None:
+    raise ValueError(f"make_objective: term {label!r}: projector 'conv_reg' has its own "
+                     f"BatchNorm; norm must be None, got {full['norm']!r}")
   if full.get("norm") not in (None, "layer"):
     raise ValueError(f"make_objective: term {label!r}: norm must be None or 'layer', got "
                      f"{full['norm']!r}")
@@ -372,7 +375,10 @@ class Objective:
           raise ValueError(f"objective term {term.label!r} has a projector but aux_params has "
                            f"no {term.label!r} (keys {sorted(aux_params)}); call "
                            "objective.init(rng, inputs) first")
-        value = self._projector(term, inputs).apply({"params": aux_params[term.label]}, value)
+        # conv_reg's BatchNorm uses this batch's statistics (valid rows only); the running
+        # averages it would keep are never used, so they are dropped here.
+        value, _ = self._projector(term, inputs).apply(
+            {"params": aux_params[term.label]}, value, inputs.where, mutable=["batch_stats"])
       return value
     if name == "student_logits":
       return inputs.student_logits

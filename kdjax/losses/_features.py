@@ -56,15 +56,30 @@ def hint(student_features: jax.Array, teacher_features: jax.Array, *,
 
 
 class Projector(nn.Module):
-  """Maps student features to the teacher's feature shape (a FitNets regressor).
+  r"""Maps student features to the teacher's feature shape (a FitNets regressor).
 
   * ``kind="dense"``: flatten ``[B, ...]`` to ``[B, D_s]``, ``Dense(prod(target_shape))``,
     reshape to ``[B, *target_shape]``.
   * ``kind="conv"``: a 1x1 convolution, i.e. ``Dense(target_shape[-1])`` on the last
     (channel) axis; the spatial dims ``shape[1:-1]`` must already equal
     ``target_shape[:-1]``.
+  * ``kind="conv_reg"``: RepDistiller's / mdistiller's FitNets regressor ``ConvReg`` for
+    equal spatial dims: the 1x1 convolution (with bias), then BatchNorm with the batch's
+    statistics (as ``torch.nn.BatchNorm2d`` in training mode, ``eps=1e-5``; the
+    regressor only serves the training loss, so no running averages are kept), then ReLU:
 
-  ``norm="layer"`` adds a LayerNorm over the last axis after the projection.
+    .. math::
+      y = \max\Big(0,\; \gamma \frac{z - \mu}{\sqrt{\sigma^2 + 10^{-5}}} + \beta\Big),
+      \quad z = x W + b,
+
+    :math:`\mu, \sigma^2` the per-channel mean and biased variance of :math:`z` over the
+    batch and spatial axes (over the rows ``where`` marks valid). The normalisation keeps
+    the regressor's output (and its curvature in ``W``) at unit scale whatever the scale
+    of the student features; without it the hint weight 100 of the published recipe
+    makes SGD at lr 0.05 diverge (post-ReLU student features have a large common mean).
+
+  ``norm="layer"`` adds a LayerNorm over the last axis after the projection
+  (``"dense"``/``"conv"`` only).
 
   Attributes:
     target_shape: the teacher's feature shape without the batch axis.
@@ -77,21 +92,34 @@ class Projector(nn.Module):
   norm: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, where: jax.Array | None = None) -> jax.Array:
+    """``x``: ``[B, ...]`` student features; ``where``: optional ``[B]`` valid rows (only
+    ``"conv_reg"``'s batch statistics use it). Returns ``[B, *target_shape]``."""
     target = tuple(int(d) for d in self.target_shape)
     if x.ndim < 2:
       raise ValueError(f"Projector: input must be [B, ...], got shape {x.shape}")
     if self.kind == "dense":
       y = nn.Dense(math.prod(target), name="dense")(x.reshape(x.shape[0], -1))
       y = y.reshape((x.shape[0], *target))
-    elif self.kind == "conv":
+    elif self.kind in ("conv", "conv_reg"):
       if not target or x.shape[1:-1] != target[:-1]:
-        raise ValueError(f"Projector(kind='conv'): a 1x1 conv keeps the spatial dims; student "
-                         f"features {x.shape} have spatial dims {x.shape[1:-1]} but the target "
-                         f"shape {target} needs {target[:-1]} (pool first, or use kind='dense')")
+        raise ValueError(f"Projector(kind={self.kind!r}): a 1x1 conv keeps the spatial dims; "
+                         f"student features {x.shape} have spatial dims {x.shape[1:-1]} but the "
+                         f"target shape {target} needs {target[:-1]} (pool first, or use "
+                         "kind='dense')")
       y = nn.Dense(target[-1], name="conv1x1")(x)
+      if self.kind == "conv_reg":
+        if self.norm is not None:
+          raise ValueError(f"Projector(kind='conv_reg') has its own BatchNorm; norm must be "
+                           f"None, got {self.norm!r}")
+        mask = None
+        if where is not None:
+          mask = jnp.broadcast_to(where.reshape(where.shape + (1,) * (y.ndim - 1)), y.shape)
+        y = nn.BatchNorm(use_running_average=False, epsilon=1e-5, name="bn")(y, mask=mask)
+        y = nn.relu(y)
     else:
-      raise ValueError(f"Projector: unknown kind {self.kind!r}; known: 'dense', 'conv'")
+      raise ValueError(f"Projector: unknown kind {self.kind!r}; known: 'dense', 'conv', "
+                       "'conv_reg'")
     if self.norm == "layer":
       y = nn.LayerNorm(name="norm")(y)
     elif self.norm is not None:

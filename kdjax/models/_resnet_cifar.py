@@ -21,7 +21,7 @@ class BasicBlock(nn.Module):
 
   planes: int
   stride: int = 1
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -54,14 +54,15 @@ class CifarResNet(nn.Module):
     widths: ``(w0, w1, w2, w3)``: stem and stage widths; ``(16, 16, 32, 64)`` for resnetN,
       ``(32, 64, 128, 256)`` for the x4 variants.
     num_classes: classifier outputs.
-    conv_impl: ``"xla"``, ``"onednn"`` or ``"auto"``: which 2-D convolution runs
+    conv_impl: ``"auto"`` (default: oneDNN on one CPU device when it loads, else XLA;
+      :func:`kdjax.ops.resolve_auto_impl`), ``"xla"`` or ``"onednn"``: which 2-D convolution runs
       (:func:`kdjax.ops.conv2d`); same parameters and, to float32 rounding, same outputs.
   """
 
   depth: int = 20
   widths: Sequence[int] = (16, 16, 32, 64)
   num_classes: int = 100
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

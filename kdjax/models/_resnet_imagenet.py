@@ -24,7 +24,7 @@ class ResidualBlock(nn.Module):
   planes: int
   stride: int = 1
   bottleneck: bool = False
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -58,14 +58,15 @@ class ImageNetResNet(nn.Module):
     stage_sizes: blocks per stage, ``(2, 2, 2, 2)`` for resnet18, ``(3, 4, 6, 3)`` for 34/50.
     bottleneck: bottleneck blocks (resnet50) instead of basic ones.
     num_classes: classifier outputs.
-    conv_impl: ``"xla"``, ``"onednn"`` or ``"auto"``: which 2-D convolution runs
+    conv_impl: ``"auto"`` (default: oneDNN on one CPU device when it loads, else XLA;
+      :func:`kdjax.ops.resolve_auto_impl`), ``"xla"`` or ``"onednn"``: which 2-D convolution runs
       (:func:`kdjax.ops.conv2d`).
   """
 
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   bottleneck: bool = False
   num_classes: int = 1000
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

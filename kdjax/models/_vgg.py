@@ -32,13 +32,14 @@ class VGG(nn.Module):
   Attributes:
     widths: conv widths per block (five blocks), e.g. ``VGG_CONFIGS["vgg13"]``.
     num_classes: classifier outputs.
-    conv_impl: ``"xla"``, ``"onednn"`` or ``"auto"``: which 2-D convolution runs
+    conv_impl: ``"auto"`` (default: oneDNN on one CPU device when it loads, else XLA;
+      :func:`kdjax.ops.resolve_auto_impl`), ``"xla"`` or ``"onednn"``: which 2-D convolution runs
       (:func:`kdjax.ops.conv2d`).
   """
 
   widths: Sequence[Sequence[int]] = VGG_CONFIGS["vgg8"]
   num_classes: int = 100
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

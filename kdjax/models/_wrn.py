@@ -25,7 +25,7 @@ class WideBasicBlock(nn.Module):
 
   planes: int
   stride: int = 1
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -60,14 +60,15 @@ class WideResNet(nn.Module):
     depth: ``6 n + 4`` (16, 40 in the benchmarks).
     widen_factor: ``k``.
     num_classes: classifier outputs.
-    conv_impl: ``"xla"``, ``"onednn"`` or ``"auto"``: which 2-D convolution runs
+    conv_impl: ``"auto"`` (default: oneDNN on one CPU device when it loads, else XLA;
+      :func:`kdjax.ops.resolve_auto_impl`), ``"xla"`` or ``"onednn"``: which 2-D convolution runs
       (:func:`kdjax.ops.conv2d`).
   """
 
   depth: int = 40
   widen_factor: int = 2
   num_classes: int = 100
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

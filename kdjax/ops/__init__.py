@@ -6,8 +6,10 @@ resnet20 at 0.5x; im2col, shifted matmuls and XLA's oneDNN/XNNPACK flags did not
 :func:`conv2d` runs the forward and both backward convolutions as oneDNN primitives instead,
 the same library PyTorch uses on the CPU.
 
-Everything here is optional: kdjax imports and runs without a compiler or oneDNN, and
-``impl="auto"`` (``config.model.conv_impl``) falls back to ``lax.conv_general_dilated``. To
+Everything here is optional: kdjax imports and runs without a compiler or oneDNN. The zoo's
+dense CNNs default to ``conv_impl="auto"`` (``config.model.conv_impl``): oneDNN on a single
+CPU device when the extension loads, else ``lax.conv_general_dilated``
+(:func:`resolve_auto_impl`, decided once per process and logged). To
 enable it: ``pip install 'kdjax[onednn]'`` (oneDNN 3 from PyPI), have ``g++``, then
 ``python -m kdjax.ops.build`` (or let the first use build it, about 20 s, cached in
 ``~/.cache/kdjax``).
@@ -18,5 +20,7 @@ from kdjax.ops._build import build as build_onednn
 from kdjax.ops._build import onednn_available as onednn_available
 from kdjax.ops._build import onednn_unavailable_reason as onednn_unavailable_reason
 from kdjax.ops._conv2d import CONV_IMPLS as CONV_IMPLS
+from kdjax.ops._conv2d import choose_auto_impl as choose_auto_impl
 from kdjax.ops._conv2d import conv2d as conv2d
 from kdjax.ops._conv2d import conv_general_dilated as conv_general_dilated
+from kdjax.ops._conv2d import resolve_auto_impl as resolve_auto_impl

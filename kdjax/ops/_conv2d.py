@@ -1,14 +1,16 @@
 """2-D convolution (NHWC input, HWIO kernel) through oneDNN on the CPU, or XLA's convolution."""
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax import lax
 
-from kdjax.ops._build import OnednnUnavailableError, load, onednn_available
+from kdjax.ops._build import OnednnUnavailableError, load, onednn_unavailable_reason
 
 CONV_IMPLS = ("auto", "onednn", "xla")
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -70,6 +72,39 @@ def _conv_onednn_bwd(strides, pads, residuals, dy):
 _conv_onednn.defvjp(_conv_onednn_fwd, _conv_onednn_bwd)
 
 
+def choose_auto_impl(backend: str, device_count: int,
+                     unavailable_reason: Callable[[], str | None]) -> tuple[str, str]:
+  """What ``impl="auto"`` means in a process: ``("onednn" | "xla", why)``.
+
+  oneDNN only where it is verified to help and to be correct at full speed: the CPU backend
+  with a single device in the whole job (``jax.device_count() == 1``; with several devices,
+  also virtual CPU devices or several processes, XLA would gather a sharded batch onto every
+  device around the FFI call, which is correct but repeats the work), and the extension
+  builds and loads (``unavailable_reason()`` is ``None``; it is only called when the first two
+  hold, so nothing is compiled elsewhere). Everything else runs XLA's convolution.
+  """
+  if backend != "cpu":
+    return "xla", f"backend is {backend!r}, not 'cpu'"
+  if device_count != 1:
+    return "xla", (f"{device_count} devices: the FFI call is not partitioned (XLA would gather "
+                   "a sharded batch onto every device)")
+  reason = unavailable_reason()
+  if reason is not None:
+    return "xla", f"oneDNN convolution unavailable: {reason.splitlines()[0]}"
+  return "onednn", "one CPU device and the oneDNN extension loads"
+
+
+@functools.cache
+def resolve_auto_impl() -> str:
+  """``"onednn"`` or ``"xla"``: :func:`choose_auto_impl` for this process, decided on first use
+  (the JAX backend must be initialised by then), logged once and cached, so ``"auto"`` costs
+  nothing per call or per trace after that."""
+  impl, why = choose_auto_impl(jax.default_backend(), jax.device_count(),
+                               onednn_unavailable_reason)
+  logging.info("kdjax.ops: conv_impl='auto' runs %s convolutions (%s)", impl, why)
+  return impl
+
+
 def _use_onednn(impl: str, x: jax.Array, w: jax.Array) -> bool:
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv2d: unknown impl {impl!r}; known: {list(CONV_IMPLS)}")
@@ -81,7 +116,7 @@ def _use_onednn(impl: str, x: jax.Array, w: jax.Array) -> bool:
       raise TypeError(f"conv2d: impl='onednn' needs float32 x and w, got {x.dtype} and {w.dtype}")
     load()  # raises OnednnUnavailableError with the reason
     return True
-  return fits and jax.default_backend() == "cpu" and onednn_available()
+  return fits and resolve_auto_impl() == "onednn"
 
 
 def conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
@@ -109,7 +144,8 @@ def conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
       right))``.
     impl: ``"onednn"`` (raises :class:`OnednnUnavailableError` when it cannot be built,
       ``TypeError`` for non-float32 inputs), ``"xla"`` (``lax.conv_general_dilated``), or
-      ``"auto"``: oneDNN for float32 on the CPU backend when it is available, else XLA.
+      ``"auto"``: oneDNN for float32 inputs where :func:`resolve_auto_impl` says so (one CPU
+      device and the extension loads), else XLA.
 
   Returns:
     ``[N, OH, OW, O]`` with ``OH = (H + top + bottom - KH) // s_h + 1`` (likewise ``OW``).
@@ -141,10 +177,12 @@ def conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
 def conv_general_dilated(impl: str):
   """A ``lax.conv_general_dilated`` stand-in for ``flax.linen.Conv(conv_general_dilated=...)``
   that runs :func:`conv2d` with ``impl`` for what it supports (2-D, NHWC/HWIO, no dilation,
-  one group) and ``lax.conv_general_dilated`` for everything else."""
+  one group, float32 for ``"auto"``) and ``lax.conv_general_dilated`` for everything else.
+  ``"xla"``, and ``"auto"`` where :func:`resolve_auto_impl` picks XLA, return
+  ``lax.conv_general_dilated`` itself (the same program as before ``"auto"`` existed)."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl: unknown {impl!r}; known: {list(CONV_IMPLS)}")
-  if impl == "xla":
+  if impl == "xla" or (impl == "auto" and resolve_auto_impl() == "xla"):
     return lax.conv_general_dilated
 
   def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -165,4 +203,5 @@ def conv_general_dilated(impl: str):
   return conv
 
 
-__all__ = ["CONV_IMPLS", "OnednnUnavailableError", "conv2d", "conv_general_dilated"]
+__all__ = ["CONV_IMPLS", "OnednnUnavailableError", "choose_auto_impl", "conv2d",
+           "conv_general_dilated", "resolve_auto_impl"]

@@ -22,6 +22,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.pad = 4               # padding of the pad_crop_flip view
   c.data.mixup_alpha = 0.0     # > 0: mixup of every training batch (teacher sees it too)
   c.data.flatten = False       # x as [B, H * W * C] (MLPs)
+  c.data.image_size = 0        # tfds: 0 the data set's side (32 CIFAR, 224 ImageNet); > 0 resize
   c.data.num_threads = 0       # grain threads preparing examples on the host
   c.data.num_workers = 0       # grain worker processes preparing batches (many-core hosts)
   c.data.prefetch = 2          # device batches prepared ahead of the step (0: none)

@@ -8,10 +8,51 @@ import jax.numpy as jnp
 import optax
 
 from kdjax import losses
+from kdjax.losses._weights import resolve_mapping
 from kdjax.models import as_model, split_variables
 from kdjax.training._state import TrainState
 from kdjax.training._teacher import load_teacher_groups, single_teacher
 from kdjax.training._teacher_setup import Teachers
+
+
+def module_pairs(copied: list[str], student_params: Any, teacher_params: Any,
+                 mapping) -> dict[str, str]:
+  """``{student module path: teacher module path}`` of the modules whose params
+  :func:`kdjax.losses.init_from_teacher` copied leaf for leaf (same leaf name, no
+  projection), e.g. ``{"stage1_block0/BatchNorm_0": "stage1_block0/BatchNorm_0"}``."""
+  student = losses.flatten_params(student_params)
+  teacher = losses.flatten_params(teacher_params)
+  pairs = {}
+  for s_path, t_path, proj in resolve_mapping("init_from_teacher", student, teacher, mapping):
+    s_mod, _, s_leaf = s_path.rpartition("/")
+    t_mod, _, t_leaf = t_path.rpartition("/")
+    if s_path in copied and proj is None and s_leaf == t_leaf:
+      pairs[s_mod] = t_mod
+  return pairs
+
+
+def copy_teacher_state(model_state: dict, teacher_variables: dict,
+                       pairs: dict[str, str]) -> tuple[dict, list[str]]:
+  """The student's model state (e.g. BatchNorm ``batch_stats``) with every leaf of a copied
+  module replaced by the teacher's leaf of the same collection, module and name (equal
+  shape), so a teacher-initialised student also starts from the teacher's running
+  statistics. Returns ``(model_state, copied paths "collection/module/leaf")``."""
+  new_state, copied = {}, []
+  for collection, tree in model_state.items():
+    teacher = losses.flatten_params(teacher_variables.get(collection, {}))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    out = []
+    for path, leaf in leaves:
+      s_path = "/".join(str(getattr(k, "key", k)) for k in path)
+      s_mod, _, name = s_path.rpartition("/")
+      t_leaf = teacher.get(f"{pairs[s_mod]}/{name}") if s_mod in pairs else None
+      if t_leaf is not None and tuple(t_leaf.shape) == tuple(leaf.shape):
+        out.append(jnp.asarray(t_leaf, leaf.dtype))
+        copied.append(f"{collection}/{s_path}")
+      else:
+        out.append(leaf)
+    new_state[collection] = jax.tree_util.tree_unflatten(treedef, out)
+  return new_state, copied
 
 
 def init_train_state(config, *, model: Any, objective: losses.Objective,
@@ -40,8 +81,13 @@ def init_train_state(config, *, model: Any, objective: losses.Objective,
     groups = teachers.groups or load_teacher_groups(config.teacher, num_classes=num_classes,
                                                     sample_x=sample_x)
     _, t_variables = single_teacher(groups)
+    mapping = config.init.mapping or None
     student_params, copied = losses.init_from_teacher(
-        student_params, t_variables["params"], mapping=config.init.mapping or None)
+        student_params, t_variables["params"], mapping=mapping)
+    model_state, copied_state = copy_teacher_state(
+        model_state, t_variables, module_pairs(copied, student_params, t_variables["params"],
+                                               mapping))
+    copied = copied + copied_state
   s_logits, s_features, _ = student.apply({"params": student_params, **model_state}, sample_x,
                                           train=False, features=objective.student_features)
   t_logits, t_features = ((teachers.apply(teachers.variables, sample_x)) if teachers.apply else

@@ -73,6 +73,17 @@ def ref_hint(s, t):
   return np.mean((s - t).reshape(s.shape[0], -1) ** 2, axis=1)
 
 
+def ref_conv_reg(x, kernel, bias, gamma, beta, rows=None, eps=1e-5):
+  """RepDistiller / mdistiller ``ConvReg`` for equal spatial dims, in training mode:
+  ``relu(bn(conv1x1(x)))``, BatchNorm with the batch's biased variance (channels last;
+  ``rows``: the [B] valid rows the statistics use)."""
+  z = x @ kernel + bias
+  zs = z if rows is None else z[rows]
+  axes = tuple(range(z.ndim - 1))
+  mu, var = zs.mean(axes), zs.var(axes)
+  return np.maximum(gamma * (z - mu) / np.sqrt(var + eps) + beta, 0.0)
+
+
 def _normalize(x, eps=1e-12):  # torch.nn.functional.normalize(x, dim=-1)
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 

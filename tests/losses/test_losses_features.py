@@ -7,7 +7,7 @@ import pytest
 
 from kdjax import losses
 from references import (  # tests/losses/references.py
-    ref_attention_transfer, ref_hint, ref_pkt, ref_rkd_angle, ref_rkd_distance,
+    ref_attention_transfer, ref_conv_reg, ref_hint, ref_pkt, ref_rkd_angle, ref_rkd_distance,
     ref_similarity_preserving)
 
 
@@ -158,6 +158,77 @@ def test_projector_maps_to_teacher_shape(kind, student_shape, target_shape, norm
     np.testing.assert_array_equal(y2[:, 1:], y[:, 1:])
 
 
+def _conv_reg_params(c_in, c_out, seed):
+  """ConvReg parameters with non-trivial BatchNorm scale/bias, float64 NumPy and as flax."""
+  k, b, g, be = (_x(shape, seed + i) for i, shape in
+                 enumerate([(c_in, c_out), (c_out,), (c_out,), (c_out,)]))
+  g = 1.0 + 0.3 * g
+  flax_params = {"conv1x1": {"kernel": jnp.float32(k), "bias": jnp.float32(b)},
+                 "bn": {"scale": jnp.float32(g), "bias": jnp.float32(0.5 * be)}}
+  return (k, b, g, 0.5 * be), flax_params
+
+
+@pytest.mark.parametrize("shape,rows", [((6, 4, 4, 3), None), ((5, 7, 2), [1, 1, 0, 1, 0])])
+def test_conv_reg_projector_matches_numpy(shape, rows):
+  """kind="conv_reg" is mdistiller's ConvReg (1x1 conv + batch-statistics BN + ReLU), to
+  float32 rounding of a float64 NumPy reference, masked rows left out of the statistics."""
+  x = _x(shape, 30)
+  proj = losses.Projector(target_shape=(*shape[1:-1], 5), kind="conv_reg")
+  init = proj.init(jax.random.key(0), jnp.float32(x))["params"]
+  (k, b, g, be), params = _conv_reg_params(shape[-1], 5, 40)
+  assert jax.tree.map(jnp.shape, init) == jax.tree.map(jnp.shape, params)
+  where = None if rows is None else jnp.array(rows, bool)
+  got, _ = jax.jit(lambda p, v, w: proj.apply({"params": p}, v, w, mutable=["batch_stats"]))(
+      params, jnp.float32(x), where)
+  want = ref_conv_reg(x, k, b, g, be, rows=None if rows is None else np.array(rows, bool))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  # The statistics are the batch's: scaling the student features leaves the output alone.
+  scaled, _ = proj.apply({"params": params}, jnp.float32(100 * x), where,
+                         mutable=["batch_stats"])
+  np.testing.assert_allclose(scaled, got, rtol=1e-3, atol=1e-4)
+
+
+def test_hint_term_with_conv_reg_matches_numpy():
+  """The composer's hint term with projector "conv_reg" (the CIFAR FitNets recipe): value
+  and gradient w.r.t. the student features against the float64 reference (finite
+  differences of the NumPy loss)."""
+  s, t = _x((4, 3, 3, 2), 50), np.abs(_x((4, 3, 3, 3), 51))
+  objective = losses.make_objective(
+      {"hint": {"weight": 1.0, "student_feature": "f", "projector": "conv_reg"}})
+  inputs = lambda sf: losses.LossInputs(  # noqa: E731
+      student_logits=jnp.zeros((4, 2)), student_features={"f": sf},
+      teacher_features={"f": jnp.float32(t)})
+  aux = objective.init(jax.random.key(0), inputs(jnp.float32(s)))
+  (k, b, g, be), aux["hint"] = _conv_reg_params(2, 3, 60)
+  loss_of = lambda sf: objective(aux, inputs(sf))[0]  # noqa: E731
+  ref = lambda sf: ref_hint(ref_conv_reg(sf, k, b, g, be), t).mean()  # noqa: E731
+  np.testing.assert_allclose(jax.jit(loss_of)(jnp.float32(s)), ref(s), rtol=1e-5)
+  grad = jax.jit(jax.grad(loss_of))(jnp.float32(s))
+  eps, numeric = 1e-6, np.zeros_like(s)
+  for i in np.ndindex(s.shape):
+    d = np.zeros_like(s)
+    d[i] = eps
+    numeric[i] = (ref(s + d) - ref(s - d)) / (2 * eps)
+  np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-5)
+
+
+def test_hint_term_with_conv_reg_masked_rows_equal_slicing():
+  """A padded row (``inputs.where`` False) changes neither the regressor's batch
+  statistics nor the loss: the masked batch gives the loss of the valid rows alone."""
+  s, t = _x((5, 3, 3, 2), 70), np.abs(_x((5, 3, 3, 3), 71))
+  s[2], t[2] = 1e3, -1e3  # the padded row
+  objective = losses.make_objective(
+      {"hint": {"weight": 1.0, "student_feature": "f", "projector": "conv_reg"}})
+  inputs = lambda sf, tf, where=None: losses.LossInputs(  # noqa: E731
+      student_logits=jnp.zeros((len(sf), 2)), student_features={"f": jnp.float32(sf)},
+      teacher_features={"f": jnp.float32(tf)}, where=where)
+  aux = objective.init(jax.random.key(0), inputs(s, t))
+  _, aux["hint"] = _conv_reg_params(2, 3, 80)
+  keep = np.array([1, 1, 0, 1, 1], bool)
+  masked = objective(aux, inputs(s, t, jnp.asarray(keep)))[0]
+  np.testing.assert_allclose(masked, objective(aux, inputs(s[keep], t[keep]))[0], rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("call,exc,match", [
     (lambda: losses.hint(jnp.zeros((4, 6)), jnp.zeros((4, 5))), ValueError,
@@ -183,6 +254,11 @@ def test_projector_maps_to_teacher_shape(kind, student_shape, target_shape, norm
      ValueError, "1x1 conv keeps the spatial dims"),
     (lambda: losses.Projector((4,), kind="mlp").init(jax.random.key(0), jnp.zeros((2, 3))),
      ValueError, "unknown kind 'mlp'"),
+    (lambda: losses.Projector((3, 4), kind="conv_reg", norm="layer").init(
+        jax.random.key(0), jnp.zeros((2, 3, 6))), ValueError, "conv_reg.*norm must be None"),
+    (lambda: losses.make_objective({"h": {"loss": "hint", "weight": 1.0, "student_feature": "f",
+                                          "projector": "conv_reg", "norm": "layer"}}),
+     ValueError, "'conv_reg' has its own BatchNorm"),
 ])
 def test_bad_input_errors(call, exc, match):
   with pytest.raises(exc, match=match):
