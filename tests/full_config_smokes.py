@@ -1,6 +1,7 @@
-"""The whole matrix of shipped reproduction configs' smoke variants, beyond the one smoke
-per config file and per method in ``tests/test_config_smokes.py``: every CIFAR-100 pair's
-KD, every method on resnet56_to_resnet20 from its teacher run, the ImageNet student.
+"""The shipped reproduction configs' smoke variants beyond CI's default run
+(``tests/test_config_smokes.py``): one per config file and per method (``CIFAR_SMOKES``,
+``IMAGENET_SMOKES``), every CIFAR-100 pair's KD, every method on resnet56_to_resnet20 from
+its teacher run, the ImageNet student.
 About 20 CPU-minutes (deep ResNets compiled on the CPU), so not collected by the default
 run: ``pytest tests/full_config_smokes.py``.
 """
@@ -10,8 +11,20 @@ import json
 import pytest
 
 from kdjax import recipes
-from test_config_smokes import (ALL_METHODS_PAIR, CIFAR_PAIRS, offline,  # noqa: F401
-                                run, write_msgpack_teacher)
+from test_config_smokes import (ALL_METHODS_PAIR, CIFAR_PAIRS, CIFAR_SMOKES,  # noqa: F401
+                                IMAGENET_SMOKES, cifar_smoke_from_a_params_file,
+                                imagenet_smoke_from_a_params_file, offline, run,
+                                write_msgpack_teacher)
+
+
+@pytest.mark.parametrize("pair, method", CIFAR_SMOKES[1:])
+def test_cifar100_one_method_per_pair_smoke(pair, method, tmp_path):
+  cifar_smoke_from_a_params_file(pair, method, tmp_path)
+
+
+@pytest.mark.parametrize("path, arg, teacher", IMAGENET_SMOKES)
+def test_imagenet_smoke_from_a_params_file(path, arg, teacher, tmp_path):
+  imagenet_smoke_from_a_params_file(path, arg, teacher, tmp_path)
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +61,7 @@ def test_cifar100_every_method_smoke(method, resnet56_teacher, tmp_path):
                                                                 abs=1e-6)
 
 
-def test_imagenet_student_smoke_runs(tmp_path):  # KD and function matching: the default suite
+def test_imagenet_student_smoke_runs(tmp_path):
   summary = run("imagenet/resnet34_to_resnet18.py", "student,smoke", tmp_path / "w")
   assert summary["teacher_test"] is None
 
