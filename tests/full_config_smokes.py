@@ -19,12 +19,14 @@ from test_config_smokes import (ALL_METHODS_PAIR, CIFAR_PAIRS, CIFAR_SMOKES,  # 
 
 @pytest.mark.parametrize("pair, method", CIFAR_SMOKES[1:])
 def test_cifar100_one_method_per_pair_smoke(pair, method, tmp_path):
-  cifar_smoke_from_a_params_file(pair, method, tmp_path)
+  summary = cifar_smoke_from_a_params_file(pair, method, tmp_path)
+  assert summary["teacher_test"]["members"] == 1
 
 
 @pytest.mark.parametrize("path, arg, teacher", IMAGENET_SMOKES)
 def test_imagenet_smoke_from_a_params_file(path, arg, teacher, tmp_path):
-  imagenet_smoke_from_a_params_file(path, arg, teacher, tmp_path)
+  summary = imagenet_smoke_from_a_params_file(path, arg, teacher, tmp_path)
+  assert summary["teacher_test"]["members"] == 1
 
 pytestmark = pytest.mark.slow
 
