@@ -84,7 +84,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 1
   c.progress_bar = False
   if c.data.name in ("imagenet2012", "imagenette"):
-    c.data.image_size = 64  # the crops resize to any side: no 224-pixel compute in a smoke
+    c.data.image_size = 32  # the crops resize to any side: no 224-pixel compute in a smoke
   return c
 
 

@@ -267,3 +267,25 @@ def test_a_skipped_non_finite_step_leaves_batch_statistics_unchanged():
   after_two, _ = chunk(after_one, {"x": jnp.asarray(x[1:]), "y": y[1:]})
   jax.tree.map(np.testing.assert_array_equal, (after_two.params, after_two.model_state), kept)
   assert int(after_two.opt_state.notfinite_count) == 1
+
+
+def test_run_once_init_is_the_eager_init_without_the_forward_pass():
+  """The trainer's init (``run_once``: one jitted program, LLVM optimisation off on the
+  CPU) gives the eager ``model.init``'s variables to float32 rounding (the random bits are
+  the same threefry draws; only the codegen of their transform differs), and XLA dropped
+  the forward pass: the compiled program has no matrix product."""
+  from kdjax.training._state import run_once
+
+  model = as_model(get_model("mlp", num_classes=10))
+  x = jnp.ones((2, 40))
+  eager = model.init(jax.random.key(3), x)
+  once = run_once(model.init, jax.random.key(3), x)
+  assert jax.tree.structure(once) == jax.tree.structure(eager)
+  for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(eager)):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  assert any(np.asarray(leaf).std() > 0 for leaf in jax.tree.leaves(once))  # random draws
+  hlo = jax.jit(model.init).lower(jax.random.key(3), x).compile().as_text()
+  assert " dot(" not in hlo
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
+  assert " dot(" in forward.lower(once, x).compile().as_text()  # the check can fail

@@ -33,7 +33,10 @@ def test_eight_devices_equal_one_device(tmp_path):
     losses = [json.loads(l)["train/loss"] for l in (tmp_path / f"d{n}/metrics.jsonl").read_text().splitlines()]
     runs[n] = (losses, load_params(tmp_path / f"d{n}"), summary)
   np.testing.assert_allclose(runs[1][0], runs[8][0], rtol=1e-5)
-  assert_trees_close(runs[1][1], runs[8][1], rtol=1e-4, atol=1e-6)
+  # atol: Adam's update lr * g / (|g| + eps) turns the reduction-order difference of a
+  # near-zero gradient (|g| ~ 1e-7; 8 partial sums instead of 1) into up to ~1e-5 of a
+  # parameter's change (seed 0: 3.3e-6 after one step of lr 0.01), 0.1% of the learning rate.
+  assert_trees_close(runs[1][1], runs[8][1], rtol=1e-4, atol=1e-5)
   assert abs(runs[1][2]["test"]["nll"] - runs[8][2]["test"]["nll"]) < 1e-4
 
 

@@ -24,16 +24,45 @@ from typing import Any
 import grain.checkpoint
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import handlers
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
   return pathlib.Path(workdir).absolute() / "checkpoints"
 
 
+# orbax writes a replicated array "replica-parallel" by default on the CPU and TPU: one slice
+# per replica, each cut by an eager slice program compiled per shape and device (a CIFAR
+# ResNet smoke on 8 devices: 120 compiles, 7 s of a 35 s run). That pays off for large
+# arrays on several hosts; below a megabyte per slice the whole array is written by one
+# replica (orbax's ``min_slice_bytes_for_replica_parallel``), as on a GPU.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
+def _state_save_handler() -> ocp.PyTreeCheckpointHandler:
+  """orbax's standard pytree handler and type handlers, with ``jax.Array`` written
+  replica-parallel only in slices of at least :data:`MIN_REPLICA_SLICE_BYTES`."""
+  arrays = ocp.type_handlers.ArrayHandler(
+      min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES,
+      array_metadata_store=array_metadata_store.Store())  # as orbax's default handler
+  others = [(ty, ocp.type_handlers.get_type_handler(ty))
+            for ty in ocp.type_handlers.supported_types() if ty is not jax.Array]
+  registry = ocp.type_handlers.create_type_handler_registry(*others, (jax.Array, arrays))
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
 def make_manager(workdir, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  """The run's checkpoint manager: item ``state`` is saved with :func:`_state_save_handler`
+  (``ocp.args.PyTreeSave``, the format ``StandardRestore`` reads) and restored with
+  orbax's ``StandardCheckpointHandler``; item ``data`` uses grain's handler."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  registry = handlers.DefaultCheckpointHandlerRegistry()
+  registry.add("state", ocp.args.PyTreeSave, _state_save_handler())
+  registry.add("state", ocp.args.StandardRestore, ocp.StandardCheckpointHandler())
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               handler_registry=registry)
 
 
 class _DataPosition:
@@ -56,7 +85,7 @@ class _DataPosition:
 def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False,
          data_state: Any = None) -> None:
   """Saves ``state`` (and, when given, this host's data position) as step ``step``."""
-  items = {"state": ocp.args.StandardSave(state)}
+  items = {"state": ocp.args.PyTreeSave(state)}
   if data_state is not None:
     items["data"] = grain.checkpoint.CheckpointSave(_DataPosition(data_state))
   manager.save(step, args=ocp.args.Composite(**items), force=force)

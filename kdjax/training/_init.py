@@ -10,7 +10,7 @@ import optax
 from kdjax import losses
 from kdjax.losses._weights import resolve_mapping
 from kdjax.models import as_model, split_variables
-from kdjax.training._state import TrainState
+from kdjax.training._state import TrainState, run_once
 from kdjax.training._teacher import load_teacher_groups, single_teacher
 from kdjax.training._teacher_setup import Teachers
 
@@ -75,7 +75,7 @@ def init_train_state(config, *, model: Any, objective: losses.Objective,
   """
   rng_student, rng_aux = jax.random.split(jax.random.key(config.seed))
   student = as_model(model)
-  student_params, model_state = split_variables(student.init(rng_student, sample_x))
+  student_params, model_state = split_variables(run_once(student.init, rng_student, sample_x))
   copied = []
   if config.init.from_teacher:
     groups = teachers.groups or load_teacher_groups(config.teacher, num_classes=num_classes,
@@ -88,16 +88,24 @@ def init_train_state(config, *, model: Any, objective: losses.Objective,
         model_state, t_variables, module_pairs(copied, student_params, t_variables["params"],
                                                mapping))
     copied = copied + copied_state
-  s_logits, s_features, _ = student.apply({"params": student_params, **model_state}, sample_x,
-                                          train=False, features=objective.student_features)
-  t_logits, t_features = ((teachers.apply(teachers.variables, sample_x)) if teachers.apply else
-                          (sample_teacher_logits, {}))
-  aux_params = objective.init(rng_aux, losses.LossInputs(
-      student_logits=s_logits, labels=sample_y, teacher_logits=t_logits,
-      student_features=s_features, teacher_features=t_features, student_params=student_params,
-      teacher_params=None if teachers.variables is None else teachers.variables["params"]))
-  params = {"student": student_params, "aux": aux_params}
+
+  def aux_and_optimizer(student_params, model_state, teacher_variables, x, y, teacher_logits):
+    """The objective's aux params (traced from one batch's outputs) and ``tx.init``."""
+    s_logits, s_features, _ = student.apply({"params": student_params, **model_state}, x,
+                                            train=False, features=objective.student_features)
+    t_logits, t_features = ((teachers.apply(teacher_variables, x)) if teachers.apply else
+                            (teacher_logits, {}))
+    aux_params = objective.init(rng_aux, losses.LossInputs(
+        student_logits=s_logits, labels=y, teacher_logits=t_logits,
+        student_features=s_features, teacher_features=t_features,
+        student_params=student_params,
+        teacher_params=None if teacher_variables is None else teacher_variables["params"]))
+    params = {"student": student_params, "aux": aux_params}
+    return params, tx.init(params)
+
+  params, opt_state = run_once(aux_and_optimizer, student_params, model_state,
+                               teachers.variables, sample_x, sample_y, sample_teacher_logits)
   dropout_key = jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 0xD50))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                      model_state=model_state, rng=dropout_key)
   return state, copied

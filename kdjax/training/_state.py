@@ -1,6 +1,7 @@
 """The train state: a pytree of step, trainable params, optimizer state, model state
 and the dropout key."""
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -36,6 +37,22 @@ class TrainState:
     return {"params": self.params["student"], **self.model_state}
 
 
+def run_once(fn: Callable, *args) -> Any:
+  """``fn(*args)`` as one jitted XLA program, compiled for this single call.
+
+  For a run's initialisation (``model.init``, the objective's aux params, ``tx.init``).
+  Eagerly, every initializer compiles its own program per weight shape (resnet8x4:
+  about 12 s on a 2-core CPU) and the forward pass that traces the shapes runs op by op.
+  Jitted, the forward pass is dead code (initial params do not depend on its values) and
+  XLA drops it, leaving the random-number program. On the CPU that program is compiled
+  with LLVM's optimisation off (``xla_backend_optimization_level=0``): it runs once, in
+  milliseconds either way, and compiles about 4x faster (resnet8x4: 1.7 s against 6.9 s).
+  """
+  lowered = jax.jit(fn).lower(*args)
+  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  return lowered.compile(compiler_options=options)(*args)
+
+
 def create_train_state(model: Any, tx: optax.GradientTransformation, sample_x: jax.Array, *,
                        rng: jax.Array, aux_params: Any = None) -> TrainState:
   """A fresh :class:`TrainState` for ``model`` (linen, NNX, ``apply_fn`` or a
@@ -50,8 +67,9 @@ def create_train_state(model: Any, tx: optax.GradientTransformation, sample_x: j
     rng: a ``jax.random.key``.
     aux_params: the objective's params (``objective.init``; ``{}`` when it has none).
   """
-  params, model_state = split_variables(as_model(model).init(rng, sample_x))
+  params, model_state = split_variables(run_once(as_model(model).init, rng, sample_x))
   params = {"student": params, "aux": {} if aux_params is None else aux_params}
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=run_once(tx.init, params),
                     model_state=model_state,
                     rng=jax.random.key_data(jax.random.fold_in(rng, 0xD50)))
