@@ -92,3 +92,28 @@ def test_a_checkpoint_of_another_optimizer_is_not_mistaken_for_damage(tmp_path):
     train_and_evaluate(smoke(**{"optimizer.name": "sgd"}), str(workdir))
   assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["20"]
   assert not (workdir / "damaged_checkpoints").exists()
+
+
+def test_small_replicated_arrays_are_saved_whole_and_large_ones_replica_parallel(tmp_path,
+                                                                                caplog):
+  """On 8 devices a replicated array is written in 8 replica slices (an eager slice program
+  each) only when a slice has at least ``MIN_REPLICA_SLICE_BYTES``; smaller arrays are
+  written whole. Both restore exactly, on their shardings."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rows = 8 * ckpt.MIN_REPLICA_SLICE_BYTES // (4 * 256)  # exactly the threshold per slice
+  state = {"small": np.arange(64 * 256, dtype=np.float32).reshape(64, 256),
+           "large": np.arange(rows * 256, dtype=np.float32).reshape(rows, 256) / 7}
+  placed = jax.device_put(state, replicated)
+  with ckpt.make_manager(tmp_path) as manager, jax.log_compiles(True):
+    caplog.set_level("WARNING")
+    ckpt.save(manager, 1, placed)
+    manager.wait_until_finished()
+  compiled = [r.getMessage() for r in caplog.records if "Compiling jit(slice" in r.getMessage()]
+  assert compiled and all(f"float32[{rows}," in m for m in compiled)  # only "large" is sliced
+  with ckpt.make_manager(tmp_path) as manager:
+    restored, _ = ckpt.restore_latest(manager, jax.device_put(jax.tree.map(np.zeros_like, state),
+                                                              replicated))
+  for name, value in state.items():
+    np.testing.assert_array_equal(np.asarray(restored[name]), value)
+    assert restored[name].sharding == replicated

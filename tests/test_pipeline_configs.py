@@ -82,7 +82,7 @@ def test_unknown_method_is_an_error():
     load_config(ROOT / "cifar100/vgg13_to_vgg8.py", "kd,at")
 
 
-SMOKE_SHAPES = {"cifar100": (32, 32, 3), "imagenet2012": (64, 64, 3), "mnist": (784,)}  # data.image_size
+SMOKE_SHAPES = {"cifar100": (32, 32, 3), "imagenet2012": (32, 32, 3), "mnist": (784,)}  # data.image_size
 
 
 @pytest.mark.parametrize("path,method", [c for c in CASES if c[1] in ("dkd", "kd", "fm", "teacher")
