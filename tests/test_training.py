@@ -48,6 +48,20 @@ def test_summary_metrics_and_checkpoints(teacher_dir):
   assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
   assert "test/accuracy" in records[1] and "train/grad_norm" in records[0]
   assert sorted(p.name for p in (teacher_dir / "checkpoints").iterdir()) == ["40", "60"]
+  # The summary's test metrics are the last interval's evaluation (the same final params).
+  assert summary["test"] == {"accuracy": records[-1]["test/accuracy"],
+                             "nll": records[-1]["test/nll"]}
+
+
+def test_a_run_resumed_at_its_end_evaluates_the_final_params_again(teacher_dir, tmp_path):
+  import shutil
+  shutil.copytree(teacher_dir, tmp_path / "t")
+  config = load_config("mnist1d/teacher_cnn.py", "smoke", {"progress_bar": False, "num_steps": 60})
+  again = train_and_evaluate(config, str(tmp_path / "t"))  # no interval left to run
+  first = json.loads((teacher_dir / "summary.json").read_text())
+  assert again["resumed_from"] == again["steps"] == 60
+  assert again["test"]["accuracy"] == first["test"]["accuracy"]
+  assert again["test"]["nll"] == pytest.approx(first["test"]["nll"], rel=1e-6)
 
 
 def test_kd_with_cached_teacher_and_transfer_set(teacher_dir, tmp_path):

@@ -162,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   bar = make_progress_bar(total=config.num_steps, initial=start_step,
                           enabled=config.progress_bar, desc=workdir.name)
-  step = start_step
+  step, held_out = start_step, {}
   preemption = PreemptionGuard().install()  # SIGTERM: checkpoint at the next chunk boundary
   try:
     while step < config.num_steps:
@@ -176,7 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train = merge_calls(calls, policy=config.on_nonfinite)
       record = {"step": step, **{f"train/{k}": v for k, v in train.items()}}
       if step % config.eval_every == 0 or step == config.num_steps:
-        for split, result in evaluate(predict, state.student_variables()).items():
+        held_out = evaluate(predict, state.student_variables())
+        for split, result in held_out.items():
           record.update({f"{split}/{k}": v for k, v in result.items()})
       log.write(record)
       update_progress_bar(bar, sum(num for _, num, _ in calls), record)
@@ -192,8 +193,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.wait_until_finished()
     manager.close()
 
-  test = evaluate_all(predict, state.student_variables(), data, batch_size=eval_batch,
-                      mesh=mesh, splits=("test",))["test"]
+  if "test" in held_out:  # the last interval (always evaluated) saw these same params
+    test = held_out["test"]
+  else:  # resumed at the end: no interval ran
+    test = evaluate_all(predict, state.student_variables(), data, batch_size=eval_batch,
+                        mesh=mesh, splits=("test",))["test"]
   summary = {
       "test": test,
       "steps": step,
