@@ -10,8 +10,8 @@ import json
 import pytest
 
 from kdjax import recipes
-from test_config_smokes import (ALL_METHODS_PAIR, CIFAR_PAIRS, offline, run,  # noqa: F401
-                                write_msgpack_teacher)
+from test_config_smokes import (ALL_METHODS_PAIR, CIFAR_PAIRS,  # noqa: F401
+                                cifar_smoke_from_a_params_file, offline, run)
 
 pytestmark = pytest.mark.slow
 
@@ -19,10 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("pair", [p for p in CIFAR_PAIRS if p not in (ALL_METHODS_PAIR,
                                                                        "vgg13_to_vgg8")])
 def test_cifar100_kd_smoke_from_a_params_file(pair, tmp_path):
-  teacher = pair.split("_to_")[0]
-  params_file = write_msgpack_teacher(tmp_path / f"{teacher}.msgpack", teacher, 100, 32)
-  summary = run(f"cifar100/{pair}.py", "kd,smoke", tmp_path / "kd",
-                **{"teacher.params_file": params_file})
+  summary = cifar_smoke_from_a_params_file(pair, "kd", tmp_path)
   assert summary["teacher_test"]["members"] == 1
 
 

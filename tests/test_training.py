@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -54,7 +55,6 @@ def test_summary_metrics_and_checkpoints(teacher_dir):
 
 
 def test_a_run_resumed_at_its_end_evaluates_the_final_params_again(teacher_dir, tmp_path):
-  import shutil
   shutil.copytree(teacher_dir, tmp_path / "t")
   config = load_config("mnist1d/teacher_cnn.py", "smoke", {"progress_bar": False, "num_steps": 60})
   again = train_and_evaluate(config, str(tmp_path / "t"))  # no interval left to run
