@@ -28,12 +28,12 @@ import numpy as np
 
 from kdjax import data as kd_data
 from kdjax import losses
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.models import as_model, split_variables
 from kdjax.training import TrainState, make_optimizer, make_train_chunk, train_and_evaluate
 from kdjax.training._checkpoint import load_variables
-from kdjax.training._step import frozen_teacher_apply
-from kdjax.training._teacher import model_from_config
+from kdjax.training.teachers._apply import frozen_teacher_apply
+from kdjax.training.teachers._load import model_from_config
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 RUNS = {"teacher resnet14": "digits/teacher_resnet14.py",

@@ -48,7 +48,7 @@ import numpy as np
 
 from kdjax import data as kd_data
 from kdjax import losses, metrics
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.models import get_model
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -76,7 +76,7 @@ class Lever(NamedTuple):
 
 def member_dirs(root: pathlib.Path, seed: int, count: int) -> list[pathlib.Path]:
   """Trains (or reuses) ``count`` CNN members of one seed; returns their workdirs."""
-  from kdjax.demo import run_stage
+  from kdjax.programs.demo import run_stage
 
   dirs = []
   for i in range(count):
@@ -97,7 +97,7 @@ def teacher_targets(dirs, x: np.ndarray, cache: pathlib.Path, key: str, config) 
   :math:`\bar p_\tau = \frac1K \sum_k \bar p_{\tau,k}`, so ten members reuse the first
   five's targets."""
   from kdjax.training import teacher_log_probs
-  from kdjax.training._teacher import load_teacher_groups
+  from kdjax.training.teachers._load import load_teacher_groups
 
   t = config.teacher.copy_and_resolve_references()
   if t.fusion != "prob" or t.weights or len(dirs) % 5:
@@ -333,8 +333,8 @@ def input_costs(members: pathlib.Path, repeats: int = 20) -> dict:
   """Host cost of fresh inputs per step of 100: generating them (:class:`FreshMNIST1D`) and
   the five-CNN teacher's targets for them (one compiled program, batches of 1,000), in ms,
   with the load."""
-  from kdjax.training._teacher import load_teacher_groups
-  from kdjax.training._teacher_cache import targets_program
+  from kdjax.training.teachers._load import load_teacher_groups
+  from kdjax.training.teachers._cache import targets_program
 
   stream = kd_data.FreshMNIST1D(0, 100)
   stream.batch(0)  # templates and standardisation constants, once

@@ -23,9 +23,9 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from kdjax.configs import load_config
-from kdjax.demo import run_stage
-from kdjax.fuse import run_fuse
+from kdjax.config import load_config
+from kdjax.programs.demo import run_stage
+from kdjax.programs.fuse import run_fuse
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 

@@ -36,8 +36,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from kdjax.configs import load_config
-from kdjax.demo import run_stage
+from kdjax.config import load_config
+from kdjax.programs.demo import run_stage
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 NUM_STEPS = 6000

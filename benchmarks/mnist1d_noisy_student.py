@@ -36,7 +36,7 @@ import optax
 
 import mnist1d_above_teacher as above
 from kdjax import data as kd_data
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.models import get_model
 
 ROW = "Noisy Student: {m} CNNs re-trained on the 15-CNN pool labels, + 100k fresh, long schedule, T=2"

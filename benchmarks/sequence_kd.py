@@ -14,7 +14,8 @@ import time
 import jax
 import numpy as np
 
-from kdjax import configs, lm_distill
+from kdjax import config as configs
+from kdjax.programs import lm_distill
 
 METHODS = (("alone", "none"), ("full-logit KD", "full"), ("top-8 KD", "topk,k=8"),
            ("top-32 KD", "topk,k=32"))

@@ -4,7 +4,7 @@ MNIST-1D, the 5-CNN ensemble of ``configs/mnist1d/kd_ensemble_to_mlp.py`` (proba
 average at fusion temperature 4) over that config's training inputs: 3,500 labelled
 training examples plus 100,000 generated transfer inputs. For each round it times
 
-* ``cold``: :func:`kdjax.training._teacher_cache.cached_teacher_targets` with an empty
+* ``cold``: :func:`kdjax.training.teachers._cache.cached_teacher_targets` with an empty
   cache directory (the teachers run over every input, the file is written), and
 * ``warm``: the same call again (the key is fingerprinted and the file read),
 
@@ -30,10 +30,10 @@ import time
 import jax
 import numpy as np
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.data import load_dataset, load_mnist1d_transfer
 from kdjax.training import load_teachers
-from kdjax.training._teacher_cache import cached_teacher_targets
+from kdjax.training.teachers._cache import cached_teacher_targets
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "teacher_cache.json")
 

@@ -32,7 +32,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory):
   """A CNN teacher trained for 60 steps (smoke config), shared by the trainer tests."""
-  from kdjax.configs import load_config
+  from kdjax.config import load_config
   from kdjax.training import train_and_evaluate
 
   workdir = tmp_path_factory.mktemp("teacher")

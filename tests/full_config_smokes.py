@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from kdjax import recipes
+from kdjax.config import recipes
 from test_config_smokes import (ALL_METHODS_PAIR, CIFAR_PAIRS,  # noqa: F401
                                 cifar_smoke_from_a_params_file, offline, run)
 

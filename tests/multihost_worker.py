@@ -20,7 +20,7 @@ def main(address: str, num_processes: str, process_id: str, workdir: str, device
   try:
     import jax
 
-    from kdjax.configs import load_config
+    from kdjax.config import load_config
     from kdjax.training import train_and_evaluate
 
     assert jax.process_count() == int(num_processes) and jax.device_count() == int(

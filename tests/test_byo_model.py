@@ -12,12 +12,12 @@ import pytest
 from flax import nnx
 
 from kdjax import losses
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.data import load_digits
 from kdjax.models import apply_with_features, as_model, get_model
 from kdjax.training import TrainState, make_predict, make_train_chunk, train_and_evaluate
-from kdjax.training._step import frozen_teacher_apply
-from kdjax.training._teacher_files import check_variables
+from kdjax.training.teachers._apply import frozen_teacher_apply
+from kdjax.training.teachers._load import check_variables
 
 RNG = np.random.default_rng(0)
 X = jnp.asarray(RNG.normal(size=(3, 16, 5)), jnp.float32)  # [K steps, B, D]

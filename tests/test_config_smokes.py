@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.models import as_model, get_model
 from kdjax.training import train_and_evaluate
 
@@ -96,7 +96,7 @@ IMAGENET_SMOKES = (("imagenet/resnet34_to_resnet18.py", "kd,smoke", "resnet34"),
 
 
 def test_every_pair_and_every_distillation_method_has_a_named_smoke():
-  from kdjax import recipes
+  from kdjax.config import recipes
 
   assert {pair for pair, _ in CIFAR_SMOKES} == set(CIFAR_PAIRS)
   assert {m for _, m in CIFAR_SMOKES} == set(recipes.METHODS) - {"teacher", "student"}

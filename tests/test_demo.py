@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from kdjax.demo import format_spread, run_demo
+from kdjax.programs.demo import format_spread, run_demo
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CPU_ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -131,7 +131,7 @@ def test_dkd_warmup_table_and_the_dkd_config_default_are_the_measured_ones():
   import importlib.util
 
   import numpy as np
-  from kdjax.configs import load_config
+  from kdjax.config import load_config
 
   for name in ("mnist1d_dkd_warmup", "mnist1d_dkd_warmup_confirm"):
     table = (REPO / f"benchmarks/results/{name}.md").read_text().strip()

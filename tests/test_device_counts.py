@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from kdjax import data as kd_data
-from kdjax import recipes
-from kdjax.configs import load_config
+from kdjax.config import recipes
+from kdjax.config import load_config
 from kdjax.training import _padding, load_variables, train_and_evaluate
 from kdjax.models import MODELS
 

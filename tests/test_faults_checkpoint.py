@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.training import DamagedCheckpointWarning, load_params, train_and_evaluate
 from kdjax.training import _checkpoint as ckpt
 

@@ -10,7 +10,7 @@ import sys
 import ml_collections
 import pytest
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.training import train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def test_unreadable_teacher_names_the_path(teacher_dir, tmp_path):
 def test_cli_bad_config_file_is_one_line_before_training(tmp_path):
   config_file = tmp_path / "typo.py"
   config_file.write_text(
-      "from kdjax.configs import load_config\n"
+      "from kdjax.config import load_config\n"
       "def get_config(arg=None):\n"
       "  c = load_config('mnist1d/mlp.py', 'smoke')\n"
       "  c.optimizer.wieght_decay = 5e-4\n"

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.training import NonFiniteError, load_params, train_and_evaluate
 from kdjax.training._nonfinite import check_chunk, summarize_chunk
 

@@ -9,8 +9,8 @@ import pytest
 
 from kdjax import data as kd_data
 from kdjax import metrics
-from kdjax.configs import load_config
-from kdjax.fuse import run_fuse
+from kdjax.config import load_config
+from kdjax.programs.fuse import run_fuse
 from kdjax.training import load_run, train_and_evaluate
 
 MEMBERS = (("cnn_a", "mnist1d/member_cnn.py", 0), ("mlp_b", "mnist1d/member_mlp.py", 1),

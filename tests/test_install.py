@@ -46,7 +46,7 @@ def installed(tmp_path_factory):
 
 def test_wheel_ships_the_configs_and_kdjax_train_runs_from_another_folder(installed):
   venv, env, cwd = installed
-  where = subprocess.run([venv / "bin/python", "-c", "import kdjax, kdjax.configs as c; "
+  where = subprocess.run([venv / "bin/python", "-c", "import kdjax, kdjax.config as c; "
                           "print(kdjax.__file__); print(c.CONFIG_ROOT.is_symlink())"],
                          cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.split()
   assert where[0].startswith(str(venv)) and where[1] == "False"  # real files, not a link
@@ -61,7 +61,7 @@ def test_wheel_ships_the_configs_and_kdjax_train_runs_from_another_folder(instal
 
 def test_demo_finds_every_config_it_needs_when_installed(installed, tmp_path):
   venv, env, cwd = installed
-  script = ("import pathlib, kdjax.demo as d, kdjax.configs as c\n"
+  script = ("import pathlib, kdjax.programs.demo as d, kdjax.config as c\n"
             "stages = d.demo_stages(pathlib.Path('demo'), 0, fusion=True, smoke=True)\n"
             "c.load_config('mnist1d/fuse_cnn5.py')\n"
             "print(len(stages))\n")

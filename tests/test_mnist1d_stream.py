@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.data import FreshMNIST1D, mnist1d_transform_batch
 from kdjax.training import train_and_evaluate
 

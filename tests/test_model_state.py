@@ -12,11 +12,11 @@ import optax
 import pytest
 
 from kdjax import losses
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.models import as_model, get_model
 from kdjax.training import TrainState, make_predict, make_train_chunk, train_and_evaluate
 from kdjax.training._checkpoint import load_variables
-from kdjax.training._step import frozen_teacher_apply
+from kdjax.training.teachers._apply import frozen_teacher_apply
 
 
 def smoke(path: str, **overrides):
@@ -177,7 +177,7 @@ def test_fuse_evaluates_batchnorm_members_and_soups_with_their_running_statistic
   averaged, not dropped or re-initialised)."""
   from kdjax import metrics
   from kdjax.data import load_dataset
-  from kdjax.fuse import run_fuse
+  from kdjax.programs.fuse import run_fuse
   from kdjax.training import load_run
 
   root, _ = resnet8_runs

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.training import load_variables, train_and_evaluate
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.losses import TERMS
 from kdjax.training import train_and_evaluate
 

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from kdjax.configs import override
+from kdjax.config import override
 from kdjax.training import default_config, make_optimizer
 from kdjax.training._optim import make_schedule
 
@@ -173,7 +173,7 @@ def test_schedule_drives_the_update():
 
 def test_documented_optimizer_fields_are_config_fields(tmp_path):
   """`--config.optimizer.weight_decay` and `.momentum` used to be unknown fields."""
-  from kdjax.configs import load_config
+  from kdjax.config import load_config
   from kdjax.training import load_params, train_and_evaluate
   config = load_config("mnist1d/mlp.py", "smoke", {"progress_bar": False, "num_steps": 20})
   override(config, {"optimizer.name": "sgd", "optimizer.learning_rate": 0.1,

@@ -9,8 +9,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from kdjax import data, losses, recipes
-from kdjax.configs import load_config
+from kdjax import data, losses
+from kdjax.config import recipes
+from kdjax.config import load_config
 
 import tensorflow_datasets as tfds  # noqa: E402  (a runtime dependency)
 
@@ -162,7 +163,7 @@ def test_hinton_mnist_models_from_config_on_a_mock_batch(method):
   import jax
   import jax.numpy as jnp
   from kdjax.models import as_model, count_params
-  from kdjax.training._teacher import model_from_config
+  from kdjax.training.teachers._load import model_from_config
 
   c = load_config(ROOT / "mnist/hinton.py", f"{method},smoke")
   made = data.pipelines_from_config(c.data, batch_size=c.batch_size,

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import configs, lm_distill, losses
+from kdjax import config as configs, losses
+from kdjax.programs import lm_distill
 from kdjax.models import Transformer, apply_with_features, get_model
 
 
@@ -65,7 +66,7 @@ def test_smoke_configs_run_every_method(tmp_path):
 
 
 def test_kdjax_train_runs_the_sequence_config(tmp_path):
-  """`kdjax train` dispatches configs with trainer="lm_distill" to kdjax.lm_distill.run."""
+  """`kdjax train` dispatches configs with trainer="lm_distill" to kdjax.programs.lm_distill.run."""
   import subprocess
   import sys
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}

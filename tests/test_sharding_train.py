@@ -6,7 +6,7 @@ import json
 import jax
 import numpy as np
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.training import load_variables, train_and_evaluate
 
 

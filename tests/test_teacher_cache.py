@@ -1,5 +1,5 @@
 """Cached teacher targets: data-parallel computation and the disk cache
-(kdjax.training._teacher_cache)."""
+(kdjax.training.teachers._cache)."""
 
 import dataclasses
 import json
@@ -14,8 +14,8 @@ from jax.sharding import Mesh
 from kdjax import ensemble
 from kdjax.models import get_model
 from kdjax.training import TeacherGroup
-from kdjax.training import _teacher_cache as tc
-from kdjax.training._teacher import eval_apply_fn
+from kdjax.training.teachers import _cache as tc
+from kdjax.training.teachers._load import eval_apply_fn
 
 
 def _group(model, seeds, indices):

@@ -1,4 +1,4 @@
-"""Online teachers in the step (kdjax.training._teacher_step) on 8 virtual devices, checked
+"""Online teachers in the step (kdjax.training.teachers._apply) on 8 virtual devices, checked
 against a Python loop over members with the fusion math in float64 NumPy."""
 
 import json
@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from kdjax import ensemble, fusion, losses
 from kdjax.models import get_model
 from kdjax.training import TeacherGroup, TrainState, make_train_chunk
-from kdjax.training._teacher_step import (fuse_member_logits, make_teacher_apply,
+from kdjax.training.teachers._apply import (fuse_member_logits, make_teacher_apply,
                                           read_fitted_weights, teacher_variables)
 
 
@@ -106,7 +106,7 @@ def test_train_steps_with_online_ensemble_equal_steps_on_loop_targets(pool, memb
   """Three KD steps, the ensemble run and fused inside the step on 8 devices (members
   replicated, or split over the devices), equal the same steps fed the loop-over-members
   targets as cached ``teacher_logits``."""
-  from kdjax.training._teacher_sharded import (make_sharded_teacher_apply,
+  from kdjax.training.teachers._apply import (make_sharded_teacher_apply,
                                                sharded_teacher_variables)
   groups, loop_logits = pool
   weights, tau = (0.1, 0.3, 0.2, 0.25, 0.15), 4.0
@@ -207,7 +207,7 @@ def test_fitted_weights_from_a_fuse_report(tmp_path):
 def test_members_sharded_over_devices_equal_replicated_members(pool, shape, member_axis):
   """Members split over a mesh axis (5 members in groups of 3 and 2, padded with weight-0
   copies) give the targets of the replicated-member path, in every space."""
-  from kdjax.training._teacher_sharded import (make_sharded_teacher_apply,
+  from kdjax.training.teachers._apply import (make_sharded_teacher_apply,
                                                sharded_teacher_variables)
   groups, loop_logits = pool
   names = ("data",) if len(shape) == 1 else ("data", "member")

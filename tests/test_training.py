@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.training import load_params, train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from kdjax import data as kd_data
-from kdjax.configs import load_config
+from kdjax.config import load_config
 from kdjax.training import _inputs, default_config, load_params, train_and_evaluate
 from kdjax.training._evaluate import evaluate_stream
 

@@ -1,6 +1,6 @@
 """CIFAR-100 vgg13 -> vgg8: the published recipe, method as the argument.
 
-Recipe (kdjax.recipes.cifar100_distill; one shared function, this file only picks the
+Recipe (kdjax.config.recipes.cifar100_distill; one shared function, this file only picks the
 pair): 240 epochs, batch 64, SGD lr 0.05, momentum 0.9, weight decay 5e-4, lr x0.1 at
 epochs 150/180/210, pad-4 crop + flip, the teacher online on the student's view; KD at
 T=4 (0.1 CE + 0.9 KD), FitNets (CE + 100 hint on stage 2), AT (CE + 1000 AT, p=2), DKD
@@ -31,7 +31,11 @@ The same command resumes from the workdir's latest checkpoint.
 Args: "<method>", "<method>,smoke" (4 steps on tfds mock data).
 """
 
-from kdjax import recipes
+from kdjax.config import recipes
+
+
+# The words --config cifar100/vgg13_to_vgg8.py:ARG accepts, comma-separated.
+ARGS = (*recipes.METHODS, "smoke")
 
 
 def get_config(arg: str | None = None):

@@ -8,7 +8,11 @@ Expected: benchmarks/results/digits_resnet.json (3 seeds; README "Model state").
 Args: "smoke" (seconds).
 """
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
+
+
+# The words --config digits/student_resnet8.py:ARG accepts, comma-separated.
+ARGS = ("smoke",)
 
 
 def get_config(arg: str | None = None):

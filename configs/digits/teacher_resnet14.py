@@ -15,6 +15,10 @@ import ml_collections
 from kdjax.training import default_config, smoke_variant
 
 
+# The words --config digits/teacher_resnet14.py:ARG accepts, comma-separated.
+ARGS = ("smoke",)
+
+
 def get_config(arg: str | None = None):
   c = default_config()
   c.data.name = "digits"

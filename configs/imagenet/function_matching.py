@@ -25,7 +25,11 @@ Args: "smoke" (4 steps on mock data).
 
 import ml_collections
 
-from kdjax import recipes
+from kdjax.config import recipes
+
+
+# The words --config imagenet/function_matching.py:ARG accepts, comma-separated.
+ARGS = ("fm", "smoke")
 
 
 def get_config(arg: str | None = None):

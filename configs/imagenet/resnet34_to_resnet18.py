@@ -1,6 +1,6 @@
 """ImageNet ResNet-34 -> ResNet-18 with KD, mdistiller's protocol, torchvision teacher.
 
-Recipe (kdjax.recipes.imagenet_distill): 100 epochs, batch 512, SGD lr 0.2, momentum 0.9,
+Recipe (kdjax.config.recipes.imagenet_distill): 100 epochs, batch 512, SGD lr 0.2, momentum 0.9,
 weight decay 1e-4, lr x0.1 at epochs 30/60/90; Inception crop (scale 0.08-1, aspect
 3/4-4/3) + flip at 224, ImageNet mean/std; evaluation resizes to 256 and center-crops 224.
 KD as in mdistiller's r34_r18/kd.yaml: 0.5 CE + 0.5 KD at T=1 (``hinton_kd`` alpha=0.5,
@@ -24,7 +24,11 @@ The same command resumes from the workdir's latest checkpoint.
 Args: "kd" (default), "student" (ResNet-18 alone, CE), ",smoke" (4 steps on mock data).
 """
 
-from kdjax import recipes
+from kdjax.config import recipes
+
+
+# The words --config imagenet/resnet34_to_resnet18.py:ARG accepts, comma-separated.
+ARGS = ("kd", "student", "smoke")
 
 
 def get_config(arg: str | None = None):

@@ -23,10 +23,14 @@ Data: mnist prepared once in the array_record format (README, "Training on a TPU
 Args: "teacher" | "student" | "kd" (default), each optionally with ",smoke".
 """
 
-from kdjax import recipes
+from kdjax.config import recipes
 from kdjax.training import default_config
 
 MNIST_TRAIN_SIZE = 60_000
+
+
+# The words --config mnist/hinton.py:ARG accepts, comma-separated.
+ARGS = ("teacher", "student", "kd", "smoke")
 
 
 def get_config(arg: str | None = None):

@@ -22,6 +22,10 @@ from kdjax.training import default_config, smoke_variant
 NUM_STEPS = 6000
 
 
+# The words --config mnist1d/dkd_cnn_to_mlp.py:ARG accepts, comma-separated.
+ARGS = ("mdistiller", "smoke")
+
+
 def get_config(arg: str | None = None):
   args = set((arg or "").split(",")) - {""}
   unknown = args - {"mdistiller", "smoke"}

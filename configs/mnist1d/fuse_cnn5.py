@@ -12,6 +12,10 @@ Args: "soup" (members runs/soup/ft1..5).
 import ml_collections
 
 
+# The words --config mnist1d/fuse_cnn5.py:ARG accepts, comma-separated.
+ARGS = ("soup",)
+
+
 def get_config(arg: str | None = None):
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -25,9 +25,13 @@ its teacher ensemble).
 Args: "smoke".
 """
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 
 NUM_MEMBERS = 15
+
+
+# The words --config mnist1d/kd_above_teacher_mlp.py:ARG accepts, comma-separated.
+ARGS = ("smoke",)
 
 
 def get_config(arg: str | None = None):

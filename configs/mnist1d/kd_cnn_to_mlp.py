@@ -19,6 +19,10 @@ Args: "labelled" (no transfer set), "smoke" (seconds), "labelled,smoke".
 from kdjax.training import default_config, smoke_variant
 
 
+# The words --config mnist1d/kd_cnn_to_mlp.py:ARG accepts, comma-separated.
+ARGS = ("labelled", "smoke")
+
+
 def get_config(arg: str | None = None):
   args = set((arg or "").split(","))
   c = default_config()

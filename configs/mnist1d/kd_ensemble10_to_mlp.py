@@ -19,7 +19,11 @@ README section).
 Args: "smoke".
 """
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
+
+
+# The words --config mnist1d/kd_ensemble10_to_mlp.py:ARG accepts, comma-separated.
+ARGS = ("smoke",)
 
 
 def get_config(arg: str | None = None):

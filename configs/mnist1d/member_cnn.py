@@ -12,6 +12,10 @@ Args: "smoke".
 from kdjax.training import default_config, smoke_variant
 
 
+# The words --config mnist1d/member_cnn.py:ARG accepts, comma-separated.
+ARGS = ("smoke",)
+
+
 def get_config(arg: str | None = None):
   c = default_config()
   c.model.name = "cnn1d"

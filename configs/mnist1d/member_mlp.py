@@ -9,6 +9,10 @@ Expected (measured, one place): benchmarks/results/mnist1d_accuracy.json, "mixed
 from kdjax.training import default_config, smoke_variant
 
 
+# The words --config mnist1d/member_mlp.py:ARG accepts, comma-separated.
+ARGS = ("smoke",)
+
+
 def get_config(arg: str | None = None):
   c = default_config()
   c.model.name = "mlp"

@@ -8,6 +8,10 @@ Expected (measured, one place): README.md "Results: kdjax demo", row mlp.
 from kdjax.training import default_config, smoke_variant
 
 
+# The words --config mnist1d/mlp.py:ARG accepts, comma-separated.
+ARGS = ("smoke",)
+
+
 def get_config(arg: str | None = None):
   c = default_config()
   c.model.name = "mlp"

@@ -14,6 +14,10 @@ Args: "init", "smoke" (comma-separated).
 from kdjax.training import default_config, smoke_variant
 
 
+# The words --config mnist1d/weight_matching_cnn.py:ARG accepts, comma-separated.
+ARGS = ("init", "smoke")
+
+
 def get_config(arg: str | None = None):
   args = set((arg or "").split(","))
   c = default_config()

@@ -1,7 +1,7 @@
 """A 2-layer byte-level transformer distilled into a 1-layer one, on stdlib source bytes.
 
 The data are the first bytes of this Python's standard-library ``*.py`` files (no
-download); see :mod:`kdjax.lm_distill`. The teacher is trained once per workdir and
+download); see :mod:`kdjax.programs.lm_distill`. The teacher is trained once per workdir and
 reused; ``topk`` stores its top-k log-probabilities (float16 + int32) in ArrayRecord files.
 
 Launch (every hyperparameter below can be overridden with ``--config.x=y``):
@@ -22,10 +22,15 @@ def _train(steps: int, lr: float) -> ml_collections.ConfigDict:
                                     "warmup_steps": steps // 10, "weight_decay": 0.01})
 
 
+# The words --config sequence/byte_lm_kd.py:ARG accepts, comma-separated ("k=" and
+# "seed=" take a number).
+ARGS = ("none", "full", "topk", "k=", "seed=", "smoke")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = [a for a in (arg or "").split(",") if a]
   c = ml_collections.ConfigDict()
-  c.trainer = "lm_distill"  # `kdjax train` runs kdjax.lm_distill.run on this config
+  c.trainer = "lm_distill"  # `kdjax train` runs kdjax.programs.lm_distill.run on this config
   c.seed = 0
   # Sized for a shared 2-core CPU: the whole 4 methods x 3 seeds table in minutes.
   c.data = ml_collections.ConfigDict({"train_bytes": 200_000, "val_bytes": 30_000,

@@ -18,10 +18,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax import data as kd_data
 from kdjax import losses, metrics
-from kdjax.training._step import predict_in_batches
+from kdjax.data import host_slice, shard_batch
+from kdjax.models import as_model
+from kdjax.training._distributed import to_host
 
 
 def evaluate_arrays(predict: Callable, variables: Any, split: dict, *, batch_size: int,
@@ -80,3 +83,29 @@ def evaluate_all(predict: Callable, variables: Any, data, *, batch_size: int, me
   return {name: evaluate_arrays(predict, variables, data.splits[name], batch_size=batch_size,
                                 mesh=mesh)
           for name in splits if name in data.splits}
+
+
+def make_predict(model: Any) -> Callable[[Any, jax.Array], jax.Array]:
+  """Jitted ``(variables, x) -> logits`` in eval mode (``train=False``: BatchNorm uses
+  running statistics, dropout is off). ``variables`` is ``{"params": ..., **state}``."""
+  model = as_model(model)
+  return jax.jit(lambda variables, x: model.apply(variables, x, train=False).logits)
+
+
+def predict_in_batches(predict: Callable, params: Any, x, *, batch_size: int, mesh=None):
+  """Logits for all of ``x`` (NumPy), in batches sharded over ``mesh``'s data axis.
+
+  The last batch is padded to ``batch_size`` (so one program serves every batch)
+  and the padding is dropped. With several processes each feeds its slice of every
+  batch and receives all the logits.
+  """
+  outputs = []
+  for start in range(0, len(x), batch_size):
+    xb = np.asarray(x[start:start + batch_size])
+    n = len(xb)
+    if n < batch_size:
+      xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
+    if mesh is not None:
+      xb = shard_batch(xb[host_slice(np.arange(batch_size))], mesh)
+    outputs.append(to_host(predict(params, xb))[:n])
+  return np.concatenate(outputs)

@@ -25,7 +25,7 @@ class FreshChunks:
   Args:
     config: the training config (``transfer.seed``, ``batch_size``, ``log_every``,
       ``num_steps``, ``teacher.*``).
-    teachers: the :class:`~kdjax.training._teacher_setup.Teachers` of the run; targets are
+    teachers: the :class:`~kdjax.training.teachers._setup.Teachers` of the run; targets are
       computed here when it has cached ones (``teachers.cache`` is not ``None``).
     mesh: the data mesh.
   """
@@ -46,8 +46,8 @@ class FreshChunks:
     ``eval_batch_size`` (the last one zero-padded), one compiled program for the run."""
     import jax
 
-    from kdjax.training._teacher_cache import targets_program
-    from kdjax.training._teacher_prepare import fusion_weights
+    from kdjax.training.teachers._cache import targets_program
+    from kdjax.training.teachers._setup import fusion_weights
 
     if self._program is None:
       t = self.config.teacher

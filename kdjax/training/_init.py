@@ -11,8 +11,8 @@ from kdjax import losses
 from kdjax.losses._weights import resolve_mapping
 from kdjax.models import as_model, split_variables
 from kdjax.training._state import TrainState, run_once
-from kdjax.training._teacher import load_teacher_groups, single_teacher
-from kdjax.training._teacher_setup import Teachers
+from kdjax.training.teachers._load import load_teacher_groups, single_teacher
+from kdjax.training.teachers._setup import Teachers
 
 
 def module_pairs(copied: list[str], student_params: Any, teacher_params: Any,
@@ -68,7 +68,7 @@ def init_train_state(config, *, model: Any, objective: losses.Objective,
     objective: from :func:`kdjax.losses.make_objective`; ``objective.init`` makes the aux
       params from one batch of inputs.
     tx: the optimizer.
-    teachers: from :func:`kdjax.training._teacher_setup.setup_teachers`.
+    teachers: from :func:`kdjax.training.teachers._setup.setup_teachers`.
     num_classes: output classes.
     sample_x: ``[B, ...]`` inputs to trace shapes; sample_y: their labels ``[B]`` or ``None``.
     sample_teacher_logits: ``[B, C]`` cached teacher targets of ``sample_x`` (cached runs).

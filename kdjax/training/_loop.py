@@ -3,7 +3,7 @@
 Reads top to bottom: mesh, data, models, objective, teacher(s), init (or resume),
 the chunked loop with evaluation, metrics and checkpoints, the final summary. Each
 concern lives in its own module: training data and batches (:mod:`._inputs`), teachers
-(:mod:`._teacher_setup`), the initial state (:mod:`._init`), evaluation
+(:mod:`.teachers`), the initial state (:mod:`._init`), evaluation
 (:mod:`._evaluate`), ``metrics.jsonl`` (:mod:`._metrics_log`).
 
 A jitted call runs ``steps_per_call`` optimizer steps (one ``lax.scan``); metrics are
@@ -24,73 +24,28 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax import losses
+from kdjax.config import check_config, resolve_num_steps
 from kdjax.models import count_params
 from kdjax.training import _checkpoint as ckpt
-from kdjax.training import _distributed, _guards, _nonfinite, _padding, _precision, _sharding
-from kdjax.training._evaluate import evaluate_all
+from kdjax.training import _distributed, _nonfinite, _padding, _precision, _sharding, _workdir
+from kdjax.training._evaluate import evaluate_all, make_predict
 from kdjax.training._fresh import FreshChunks
 from kdjax.training._init import init_train_state
 from kdjax.training._inputs import load_training_data, make_batches
-from kdjax.training._metrics_log import (MetricsLog, make_progress_bar, merge_calls,
-                                         update_progress_bar)
+from kdjax.training._metrics_log import MetricsLog, merge_calls
 from kdjax.training._optim import make_optimizer
 from kdjax.training._preemption import Preempted, PreemptionGuard
-from kdjax.training._step import make_predict, make_train_chunk
-from kdjax.training._teacher import model_from_config
-from kdjax.training._teacher_setup import setup_teachers
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Errors for settings that cannot work, before any compute is spent."""
-  _guards.check_fields(config)  # unknown fields and wrong types
-  if config.num_steps < 0 or config.num_epochs < 0 or not (config.num_steps or
-                                                           config.num_epochs):
-    raise ValueError(f"set num_steps > 0 or num_epochs > 0 (got num_steps={config.num_steps}, "
-                     f"num_epochs={config.num_epochs})")
-  per_call = config.steps_per_call or config.log_every
-  if config.steps_per_call < 0 or config.log_every <= 0 or config.log_every % per_call:
-    raise ValueError(f"log_every={config.log_every} must be a positive multiple of "
-                     f"steps_per_call={config.steps_per_call} (0: log_every)")
-  for name in ("eval_every", "checkpoint_every"):
-    every = config[name]
-    if every <= 0 or every % config.log_every:
-      raise ValueError(f"{name}={every} must be a positive multiple of log_every={config.log_every} "
-                       "(evaluations and checkpoints fall on chunk boundaries)")
-
-
-def resolve_num_steps(config: ml_collections.ConfigDict, train_size: int) -> int:
-  """``num_epochs > 0`` takes precedence: ``num_epochs * (train_size // batch_size)``
-  steps; ``num_steps`` must then be 0 (derive it) or that same number.
-
-  Raises:
-    ValueError: if both are set and disagree.
-  """
-  if not config.num_epochs:
-    return config.num_steps
-  per_epoch = train_size // config.batch_size
-  derived = config.num_epochs * per_epoch
-  if config.num_steps not in (0, derived) or not derived:
-    raise ValueError(f"config.num_steps={config.num_steps} disagrees with config.num_epochs="
-                     f"{config.num_epochs} x {per_epoch} steps an epoch ({train_size} examples, "
-                     f"batch_size={config.batch_size}) = {derived}; set num_steps=0 to derive it, "
-                     "or num_epochs=0 to train num_steps")
-  return derived
-
-
-def _check_same_run(workdir: pathlib.Path, run_info: dict) -> None:
-  """A workdir with checkpoints resumes only the same model on the same data."""
-  path = workdir / "run.json"
-  if not (path.exists() and ckpt.checkpoint_dir(workdir).is_dir()):
-    return
-  saved = json.loads(path.read_text())
-  current = json.loads(json.dumps(run_info))  # tuples -> lists, as saved
-  if saved != current:
-    raise ValueError(f"{workdir} holds checkpoints of another run ({saved}); this config trains "
-                     f"{current}. Use a new --workdir, or delete the old one")
+from kdjax.training._progress import Progress
+from kdjax.training._step import make_train_chunk
+from kdjax.training.teachers._load import model_from_config
+from kdjax.training.teachers._setup import setup_teachers
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains ``config``'s student in ``workdir``, resuming from its latest checkpoint.
+
+  A workdir holds one run (:mod:`._workdir`): the config is checked against the one that
+  made it and the workdir is locked, before anything is written there.
 
   Returns the summary also written to ``workdir/summary.json``:
   ``{"test": {"accuracy", "nll"}, "steps", "wall_s", "params", ...}``.
@@ -98,7 +53,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_time = time.time()
   check_config(config)
   workdir = pathlib.Path(workdir)
-  _guards.check_workdir(workdir)
+  changes = _workdir.check_resume(workdir, config)  # reads only
+  _workdir.check_workdir(workdir)
+  with _workdir.locked(workdir, enabled=_distributed.is_writer()):
+    return _train(config, workdir, changes, start_time)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, changes: dict,
+           start_time: float) -> dict[str, Any]:
   mesh = _sharding.make_mesh(config.mesh, config.num_devices)  # axes "data", "model"
   local_rows, _ = _padding.local_rows(config.batch_size, mesh)  # uneven: padded, masked rows
   eval_batch = max(config.eval_batch_size // mesh.size, 1) * mesh.size
@@ -126,9 +88,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               "data": config.data.name}
   if data.streaming:
     run_info["data_source"] = config.data.source
-  _check_same_run(workdir, run_info)
+  _workdir.check_same_run(workdir, run_info)
   if _distributed.is_writer():  # process 0 writes the run's files
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    _workdir.write_config(workdir, config, changes)
     (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
 
   # Init (or resume, with the stream's position).
@@ -160,13 +122,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     inputs.close()
     inputs = FreshChunks(config, teachers, mesh=mesh)
 
-  bar = make_progress_bar(total=config.num_steps, initial=start_step,
-                          enabled=config.progress_bar, desc=workdir.name)
+  progress = Progress(total=config.num_steps, initial=start_step, enabled=config.progress_bar,
+                      desc=workdir.name)
   step, held_out = start_step, {}
   preemption = PreemptionGuard().install()  # SIGTERM: checkpoint at the next chunk boundary
   try:
     while step < config.num_steps:
-      calls, end = [], min(step + config.log_every, config.num_steps)
+      # Intervals end at multiples of log_every from step 0, also after a resume.
+      end = min((step // config.log_every + 1) * config.log_every, config.num_steps)
+      calls = []
       while step < end:  # dispatched back to back: no host sync inside a logging interval
         num = min(per_call, end - step)
         state, call_metrics = train_chunk(state, inputs.chunk(step, num), teachers.variables)
@@ -180,15 +144,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for split, result in held_out.items():
           record.update({f"{split}/{k}": v for k, v in result.items()})
       log.write(record)
-      update_progress_bar(bar, sum(num for _, num, _ in calls), record)
+      progress.update(sum(num for _, num, _ in calls), record)
       if step % config.checkpoint_every == 0 or step == config.num_steps or preemption.requested:
         ckpt.save(manager, step, state, force=preemption.requested,
                   data_state=inputs.get_state())
       if preemption.requested and step < config.num_steps:
-        raise Preempted(step, str(workdir))
+        raise Preempted(step, str(workdir), preemption.signal_name)
   finally:  # also on errors: a save in flight completes
     preemption.uninstall()
-    bar.close()
+    progress.close()
     inputs.close()
     manager.wait_until_finished()
     manager.close()

@@ -1,23 +1,19 @@
-r"""``metrics.jsonl`` and the progress bar: what the loop reports once a chunk."""
+r"""``metrics.jsonl``: what the loop logs once a logging interval (:mod:`._progress` shows it)."""
 
 import json
+import os
 import pathlib
 from typing import Any
 
 import jax
-import tqdm
+from absl import logging
 
 from kdjax.training import _nonfinite
 
-# metrics.jsonl key -> progress-bar label
-BAR_FIELDS = {"train/loss": "loss", "train/accuracy": "train_acc",
-              "train/teacher_agreement": "agree", "test/accuracy": "test_acc"}
-
-
 class MetricsLog:
   """``metrics.jsonl``: one JSON object a line; a resumed run first drops the lines
-  written after its checkpoint, so the file never holds a step twice. With several
-  processes only process 0 writes."""
+  written after its checkpoint, so the file never holds a step twice, and a line a kill
+  cut short (with a warning). With several processes only process 0 writes."""
 
   def __init__(self, path: pathlib.Path, resume_step: int):
     self.path = path
@@ -26,29 +22,24 @@ class MetricsLog:
       return
     kept = []
     if path.exists():
-      kept = [line for line in path.read_text().splitlines()
-              if line.strip() and json.loads(line)["step"] <= resume_step]
-    path.write_text("".join(line + "\n" for line in kept))
+      for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+          record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+          logging.warning("%s line %d is cut short (a kill while it was written): dropped",
+                          path, number)
+          continue
+        if isinstance(record, dict) and record.get("step", resume_step + 1) <= resume_step:
+          kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.enabled:
       return
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
-
-
-def make_progress_bar(*, total: int, initial: int, enabled: bool, desc: str) -> tqdm.tqdm:
-  """A tqdm bar; ``enabled=True`` still hides it when stderr is not a TTY, and on every
-  process but 0."""
-  enabled = enabled and jax.process_index() == 0
-  return tqdm.tqdm(total=total, initial=initial, disable=None if enabled else True,
-                   desc=desc, dynamic_ncols=True, leave=False)
-
-
-def update_progress_bar(bar: tqdm.tqdm, num_steps: int, record: dict[str, Any]) -> None:
-  bar.update(num_steps)
-  bar.set_postfix({name: f"{record[key]:.3f}" for key, name in BAR_FIELDS.items()
-                   if key in record})
 
 
 def merge_calls(calls: list[tuple[int, int, dict]], *, policy: str) -> dict[str, float]:

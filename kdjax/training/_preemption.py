@@ -1,12 +1,13 @@
-"""Preemption notices: SIGTERM asks the run to checkpoint and stop at the next chunk
-boundary.
+"""Preemption notices and Ctrl-C: SIGTERM or SIGINT asks the run to checkpoint and stop at
+the next chunk boundary.
 
 A TPU VM (and most schedulers) sends SIGTERM some seconds before it takes the machine.
 Python's default is to die at once (exit 143), losing everything since the last periodic
 checkpoint. :class:`PreemptionGuard` records the notice instead; the loop checks it after
 each chunk (``log_every`` steps run inside one ``lax.scan`` and cannot be cut short), saves
 a checkpoint of that step, waits for it, and raises :class:`Preempted`; ``kdjax`` then
-exits 0. A second SIGTERM while waiting kills the process as before.
+exits 0 (SIGTERM) or 130 (SIGINT, Ctrl-C). A second signal while waiting acts as if no
+handler were installed: SIGTERM kills the process, SIGINT raises ``KeyboardInterrupt``.
 """
 
 import signal
@@ -16,17 +17,24 @@ from absl import logging
 
 
 class Preempted(Exception):
-  """The run stopped on SIGTERM after saving the checkpoint of ``step``."""
+  """The run stopped on ``signal_name`` (SIGTERM or SIGINT) after saving the checkpoint of
+  ``step``."""
 
-  def __init__(self, step: int, workdir: str):
-    super().__init__(f"stopped on SIGTERM after saving the checkpoint of step {step} in "
-                     f"{workdir}; rerun the same command to continue")
+  def __init__(self, step: int, workdir: str, signal_name: str = "SIGTERM"):
+    what = "interrupted" if signal_name == "SIGINT" else "stopped on SIGTERM"
+    super().__init__(f"{what} at step {step} (checkpoint saved in {workdir}); rerun the same "
+                     "command to resume")
     self.step = step
     self.workdir = workdir
+    self.signal_name = signal_name
+
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class PreemptionGuard:
-  """Context manager (or ``install()``/``uninstall()``): while active, SIGTERM sets :attr:`requested` instead of killing.
+  """Context manager (or ``install()``/``uninstall()``): while active, SIGTERM and SIGINT
+  set :attr:`requested` (and :attr:`signal_name`) instead of stopping the process.
 
   Only the main thread can install signal handlers; elsewhere the guard does nothing
   (``requested`` stays False).
@@ -34,26 +42,32 @@ class PreemptionGuard:
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signal_name = ""
+    self._previous: dict = {}
 
   def _handle(self, signum, frame):
     if self.requested:  # second notice: behave as if no handler were installed
-      signal.signal(signal.SIGTERM, signal.SIG_DFL)
-      signal.raise_signal(signal.SIGTERM)
+      self.uninstall()
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+      signal.signal(signum, signal.SIG_DFL)
+      signal.raise_signal(signum)
       return
     self.requested = True
-    logging.warning("SIGTERM: saving a checkpoint at the end of this chunk, then stopping")
+    self.signal_name = signal.Signals(signum).name
+    logging.warning("%s: saving a checkpoint at the end of this chunk, then stopping (send it "
+                    "again to stop at once)", self.signal_name)
 
   def install(self) -> "PreemptionGuard":
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
     return self
 
   def uninstall(self) -> None:
-    """Restores the previous SIGTERM handler (idempotent)."""
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    """Restores the previous handlers (idempotent)."""
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
+    self._previous = {}
 
   def __enter__(self) -> "PreemptionGuard":
     return self.install()

@@ -11,37 +11,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from kdjax import losses
-from kdjax.data import host_slice, shard_batch
 from kdjax.models import as_model
-from kdjax.training._distributed import to_host
 from kdjax.training._nonfinite import summarize_chunk
 from kdjax.training._padding import mask_batch_norm, masked_mean
 from kdjax.training._state import TrainState
+from kdjax.training.teachers._apply import TeacherApply
 
 Batch = dict[str, jax.Array]
-TeacherApply = Callable[[Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
-
-
-def frozen_teacher_apply(teacher: Any, features=()) -> TeacherApply:
-  """``(teacher_variables, x) -> (logits, features)`` in eval mode: BatchNorm uses the
-  teacher's running statistics and never updates them, dropout is off.
-
-  Args:
-    teacher: a linen or NNX module, an ``apply_fn`` or a :class:`kdjax.models.Model`.
-    features: the feature paths to return (``objective.teacher_features``).
-  """
-  teacher = as_model(teacher)
-  features = tuple(sorted(features))
-
-  def apply(variables, x):
-    logits, feats, _ = teacher.apply(variables, x, train=False, features=features)
-    return logits, feats
-
-  return apply
 
 
 def make_train_chunk(*, model: Any, objective: losses.Objective,
@@ -139,29 +118,3 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
     return state, summarize_chunk(metrics)  # means + health (kdjax.training._nonfinite)
 
   return jax.jit(train_chunk, donate_argnums=0)
-
-
-def make_predict(model: Any) -> Callable[[Any, jax.Array], jax.Array]:
-  """Jitted ``(variables, x) -> logits`` in eval mode (``train=False``: BatchNorm uses
-  running statistics, dropout is off). ``variables`` is ``{"params": ..., **state}``."""
-  model = as_model(model)
-  return jax.jit(lambda variables, x: model.apply(variables, x, train=False).logits)
-
-
-def predict_in_batches(predict: Callable, params: Any, x, *, batch_size: int, mesh=None):
-  """Logits for all of ``x`` (NumPy), in batches sharded over ``mesh``'s data axis.
-
-  The last batch is padded to ``batch_size`` (so one program serves every batch)
-  and the padding is dropped. With several processes each feeds its slice of every
-  batch and receives all the logits.
-  """
-  outputs = []
-  for start in range(0, len(x), batch_size):
-    xb = np.asarray(x[start:start + batch_size])
-    n = len(xb)
-    if n < batch_size:
-      xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
-    if mesh is not None:
-      xb = shard_batch(xb[host_slice(np.arange(batch_size))], mesh)
-    outputs.append(to_host(predict(params, xb))[:n])
-  return np.concatenate(outputs)

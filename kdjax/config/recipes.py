@@ -25,7 +25,7 @@ References:
 
 import ml_collections
 
-from kdjax.training import default_config
+from kdjax.config._defaults import default_config
 
 # The zoo's name of stage ``i``'s output feature (after its ReLU; mdistiller's feats[i],
 # whose feats[0] the zoo calls "stem").
@@ -75,6 +75,7 @@ def cifar100_losses(method: str, student: str, *, dkd_beta: float = 8.0,
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few steps on ``tfds.testing.mock_data`` (random images of the data set's shape)."""
+  c.smoke = True
   c.data.mock_examples = 64
   c.batch_size = 16  # divisible by the 8 virtual test devices
   c.eval_batch_size = 16

@@ -1,16 +1,12 @@
-"""Checks that run before any training step: config fields and types, the workdir,
-and teachers that cannot take the student's inputs. Each failure is one line that
-names the field or the path."""
+"""Checks of a config before any compute: known fields of the right types, settings that
+cannot work together, the number of steps. Each failure is one line naming the field."""
 
 import difflib
-import json
-import pathlib
 from typing import Any
 
-import jax
 import ml_collections
 
-from kdjax.models import as_model
+from kdjax.config._defaults import default_config
 
 # Sub-trees whose keys are free-form (loss labels, loader or model keyword arguments).
 FREE_FORM = ("losses", "data.kwargs", "model", "init.mapping")
@@ -39,8 +35,6 @@ def check_fields(config: ml_collections.ConfigDict,
     ValueError: ``config has unknown field 'optimizer.momentun' (did you mean 'momentum'?)``.
     TypeError: ``config.num_steps must be an int, got '10' (str)``.
   """
-  from kdjax.training._config import default_config
-
   defaults = default_config() if defaults is None else defaults
 
   def walk(node, ref, prefix):
@@ -66,46 +60,38 @@ def check_fields(config: ml_collections.ConfigDict,
   walk(config, defaults, "")
 
 
-def check_workdir(workdir: pathlib.Path) -> None:
-  """Creates ``workdir`` and checks that files can be written there.
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Errors for settings that cannot work, before any compute is spent."""
+  check_fields(config)  # unknown fields and wrong types
+  if config.num_steps < 0 or config.num_epochs < 0 or not (config.num_steps or
+                                                           config.num_epochs):
+    raise ValueError(f"set num_steps > 0 or num_epochs > 0 (got num_steps={config.num_steps}, "
+                     f"num_epochs={config.num_epochs})")
+  per_call = config.steps_per_call or config.log_every
+  if config.steps_per_call < 0 or config.log_every <= 0 or config.log_every % per_call:
+    raise ValueError(f"log_every={config.log_every} must be a positive multiple of "
+                     f"steps_per_call={config.steps_per_call} (0: log_every)")
+  for name in ("eval_every", "checkpoint_every"):
+    every = config[name]
+    if every <= 0 or every % config.log_every:
+      raise ValueError(f"{name}={every} must be a positive multiple of log_every={config.log_every} "
+                       "(evaluations and checkpoints fall on chunk boundaries)")
+
+
+def resolve_num_steps(config: ml_collections.ConfigDict, train_size: int) -> int:
+  """``num_epochs > 0`` takes precedence: ``num_epochs * (train_size // batch_size)``
+  steps; ``num_steps`` must then be 0 (derive it) or that same number.
 
   Raises:
-    OSError: naming the workdir and why it cannot be written.
+    ValueError: if both are set and disagree.
   """
-  probe = workdir / ".kdjax_write_test"
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe.write_text("")
-    probe.unlink()
-  except OSError as e:
-    raise OSError(f"workdir {str(workdir)!r} is not writable: {e.strerror or e}") from None
-
-
-def read_run_info(path: pathlib.Path) -> dict:
-  """A teacher's ``run.json``; an unreadable or damaged file names its path."""
-  try:
-    return json.loads(path.read_text())
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); is this a kdjax "
-                     "run that finished writing?") from None
-
-
-def check_teachers_take(groups, sample_x) -> None:
-  """Each teacher group must accept the student's inputs (checked on shapes only,
-  with ``jax.eval_shape``; nothing is computed).
-
-  Raises:
-    ValueError: naming the teacher workdirs and the input shape.
-  """
-  spec = jax.ShapeDtypeStruct(sample_x.shape, sample_x.dtype)
-  for group in groups:
-    variables = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
-                             group.variables)  # one member: drop the member axis
-    model = as_model(group.model)
-    try:
-      jax.eval_shape(lambda v, x, m=model: m.apply(v, x, train=False).logits, variables, spec)
-    except Exception as e:  # flax raises shape errors of several types
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise ValueError(f"Teacher {', '.join(group.workdirs)} cannot take the student's inputs "
-                       f"of shape {tuple(sample_x.shape[1:])} per example ({first}); was it "
-                       "trained on another data set?") from None
+  if not config.num_epochs:
+    return config.num_steps
+  per_epoch = train_size // config.batch_size
+  derived = config.num_epochs * per_epoch
+  if config.num_steps not in (0, derived) or not derived:
+    raise ValueError(f"config.num_steps={config.num_steps} disagrees with config.num_epochs="
+                     f"{config.num_epochs} x {per_epoch} steps an epoch ({train_size} examples, "
+                     f"batch_size={config.batch_size}) = {derived}; set num_steps=0 to derive it, "
+                     "or num_epochs=0 to train num_steps")
+  return derived

@@ -1,7 +1,7 @@
 r"""Cached teacher targets: computed data-parallel, written to disk once, reused.
 
 :func:`teacher_targets` runs the step's own teacher function
-(:func:`~kdjax.training._teacher_step.make_teacher_apply`) over all inputs, each batch split
+(:func:`~kdjax.training.teachers._apply.make_teacher_apply`) over all inputs, each batch split
 over the devices of a ``data`` mesh axis (every device runs every member on its slice; the
 member axis is never padded to the device count). :func:`cached_teacher_targets` stores the
 result under a key of everything it depends on, so later runs and resumes load it instead of
@@ -33,8 +33,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from kdjax.training._teacher_sharded import make_sharded_teacher_apply, sharded_teacher_variables
-from kdjax.training._teacher_step import make_teacher_apply, teacher_variables
+from kdjax.training.teachers._apply import (make_sharded_teacher_apply, make_teacher_apply,
+                                            sharded_teacher_variables, teacher_variables)
 
 CACHE_ENV = "KDJAX_CACHE_DIR"
 
@@ -49,7 +49,7 @@ def targets_program(groups: Sequence, *, mesh: Mesh, data_axis: str = "data", sp
   """``(run, variables, sharding)``: the jitted ``run(variables, x [B, ...]) -> [B, C]`` with
   ``x`` and the result sharded over ``data_axis`` (``sharding``) and ``variables`` (the
   teachers', placed) replicated, or split over ``member_axis`` when given
-  (:mod:`kdjax.training._teacher_sharded`)."""
+  (:mod:`kdjax.training.teachers._apply`)."""
   if data_axis not in mesh.shape:
     raise ValueError(f"teacher_targets: mesh has no axis {data_axis!r}; its axes: "
                      f"{list(mesh.shape)}")
@@ -73,7 +73,7 @@ def teacher_targets(groups: Sequence, x: np.ndarray, *, mesh: Mesh | None = None
                     strategy: str = "auto", member_axis: str = "") -> np.ndarray:
   r"""Teacher targets for all of ``x``, data-parallel: the logits of a single teacher, or
   the ensemble's :math:`\tau \log \mathrm{fuse}_m(\mathrm{softmax}(z_m/\tau))`
-  (:func:`~kdjax.training._teacher_step.fuse_member_logits`).
+  (:func:`~kdjax.training.teachers._apply.fuse_member_logits`).
 
   Each batch (``batch_size`` rounded to a multiple of the data axis, the last one
   zero-padded and the padding dropped) is sharded over ``mesh``'s ``data_axis``; the teacher

@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from kdjax.configs import load_config
+from kdjax.config import load_config
 
 NUM_MEMBERS = 5
 
@@ -98,7 +98,7 @@ def fusion_stages(root: pathlib.Path, seed: int, smoke: bool = False):
 def fusion_results(root: pathlib.Path, seed: int, smoke: bool = False) -> dict[str, tuple[str, dict]]:
   """Runs ``kdjax fuse`` over the seed's members; returns demo rows
   ``stage -> (description, summary)`` for the fused predictors."""
-  from kdjax.fuse import run_fuse
+  from kdjax.programs.fuse import run_fuse
 
   config: ml_collections.ConfigDict = load_config("mnist1d/fuse_cnn5.py")
   config.members = ",".join(str(d) for d in _member_dirs(root, seed))

@@ -57,7 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.cache_dir = ""     # "": $KDJAX_CACHE_DIR, else <workdir's parent>/.kdjax_cache
   # A teacher from a file kdjax did not write (instead of workdir): an orbax checkpoint
   # directory, a flax msgpack file (*.msgpack) or a PyTorch state_dict (*.pth), and its
-  # architecture {"name": registry name, **fields}; see kdjax.training._teacher_files.
+  # architecture {"name": registry name, **fields}; see kdjax.training.teachers._load.
   c.teacher.params_file = ""
   c.teacher.model = ml_collections.ConfigDict({"name": ""})
   c.teacher.dtype = ""         # teacher compute dtype ("": config.dtype); params stay as loaded
@@ -105,11 +105,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"         # compute dtype: float32 | bfloat16 | float16 (params stay float32)
   c.progress_bar = True
   c.on_nonfinite = "stop"     # NaN/inf loss or gradient: "stop" (error) or "skip" the update
+  # A rerun into a workdir that trained resumes it with the same config, except the fields
+  # kdjax.training._workdir.SAFE_ON_RESUME lists (num_steps, log_every, ...): "check" refuses
+  # any other change; "override" accepts it, keeping the old config in config_history.jsonl.
+  c.resume = "check"
+  c.smoke = False             # set by the smoke variant: a smoke run never resumes a full one
   return c
 
 
 def smoke_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to a run of seconds (40 steps), for tests and ``:smoke``."""
+  c.smoke = True
   c.batch_size = 80  # divisible by the 8 virtual test devices
   c.num_epochs = 0
   c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 40, 10, 20, 20

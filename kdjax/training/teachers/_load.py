@@ -1,0 +1,261 @@
+"""Frozen teachers: from their workdirs (one model, or an ensemble of groups), or from a
+params file kdjax did not write plus a model spec.
+
+A teacher workdir is any finished (or checkpointed) ``kdjax train`` run: its
+``config.json`` rebuilds the model, its latest checkpoint gives the variables (params
+and BatchNorm statistics). Teachers of one architecture are stacked (a leading member
+axis) and run as one call, always in eval mode.
+
+Files kdjax did not write (orbax, flax msgpack, PyTorch): ``config.teacher.params_file`` names the file and ``config.teacher.model`` the
+architecture (``{"name": registry name, **fields}``):
+
+* a directory: an orbax checkpoint of a pytree (``ocp.StandardCheckpointer().save``);
+* ``*.msgpack``: ``flax.serialization.to_bytes(variables)`` (read back with
+  ``flax.serialization.msgpack_restore``, no target needed);
+* ``*.pth`` / ``*.pt``: a PyTorch ``state_dict`` (or a dict holding one under
+  ``"model"``, ``"state_dict"`` or ``"net"``, as RepDistiller and mdistiller save them),
+  read by :func:`kdjax.convert.load_pth` and converted by
+  :func:`kdjax.convert.torch_state_dict` for that architecture name (PyTorch needed).
+
+The tree read is either the full variables ``{"params": ..., "batch_stats": ...}`` or
+the params alone. Either way it is checked against the model's own variables (every
+path and shape) before training starts.
+"""
+
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from kdjax.models import as_model, get_model
+from kdjax.training._checkpoint import load_variables
+
+
+def model_from_config(model_config: dict, num_classes: int) -> nn.Module:
+  """``get_model(name, num_classes=..., **other fields)`` from a ``config.model`` dict."""
+  fields = dict(model_config)
+  name = fields.pop("name")
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+  return get_model(name, num_classes=num_classes, **fields)
+
+
+def load_run(workdir: str | pathlib.Path) -> tuple[nn.Module, Any, dict]:
+  """``(model, variables, run_info)`` of a trained run; ``variables`` is
+  ``{"params": ..., **model state}`` (e.g. ``"batch_stats"``).
+
+  Raises:
+    FileNotFoundError: if the workdir, its ``run.json`` or a checkpoint is missing.
+  """
+  path = pathlib.Path(workdir)
+  if not path.is_dir():
+    raise FileNotFoundError(f"Workdir {str(workdir)!r} does not exist (expected a `kdjax train` run)")
+  info_path = path / "run.json"
+  if not info_path.exists():
+    raise FileNotFoundError(f"{info_path} is missing: {str(workdir)!r} is not a kdjax run")
+  info = read_run_info(info_path)
+  model = model_from_config(info["model"], info["num_classes"])
+  return model, load_variables(path), info
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherGroup:
+  """Members of one architecture: ``variables`` leaves carry a leading member axis."""
+
+  model: nn.Module
+  variables: Any  # {"params": ..., **model state}, stacked
+  workdirs: tuple[str, ...]  # or the params file
+  indices: tuple[int, ...]  # positions of these members in the teacher list given by the user
+
+  @property
+  def size(self) -> int:
+    return len(self.workdirs)
+
+  @property
+  def params(self) -> Any:
+    """The stacked params alone (for soups and weight losses)."""
+    return self.variables["params"]
+
+
+def parse_workdirs(spec: str | tuple | list) -> list[str]:
+  """Teacher workdirs from a comma-separated string (CLI friendly) or a sequence."""
+  items = spec.split(",") if isinstance(spec, str) else list(spec)
+  return [s.strip() for s in items if s and s.strip()]
+
+
+def load_teachers(spec, *, num_classes: int) -> list[TeacherGroup]:
+  """Loads every teacher workdir and stacks members by architecture.
+
+  Raises:
+    ValueError: if no workdir is given, or a teacher's number of classes differs
+      from ``num_classes`` (the student's).
+  """
+  from kdjax import ensemble
+
+  workdirs = parse_workdirs(spec)
+  if not workdirs:
+    raise ValueError("The objective needs a teacher but config.teacher.workdir is empty; "
+                     "pass --config.teacher.workdir=DIR (comma-separate several for an ensemble)")
+  groups: dict[str, list] = {}
+  for index, workdir in enumerate(workdirs):
+    model, variables, info = load_run(workdir)
+    if info["num_classes"] != num_classes:
+      raise ValueError(f"Teacher {workdir!r} predicts {info['num_classes']} classes but the "
+                       f"student has {num_classes}")
+    key = json.dumps(info["model"], sort_keys=True)
+    groups.setdefault(key, []).append((model, variables, workdir, index))
+  return [TeacherGroup(model=members[0][0],
+                       variables=ensemble.stack([m[1] for m in members]),
+                       workdirs=tuple(m[2] for m in members),
+                       indices=tuple(m[3] for m in members))
+          for members in groups.values()]
+
+
+def load_teacher_groups(teacher_config, *, num_classes: int, sample_x) -> list[TeacherGroup]:
+  """Teachers from ``config.teacher``: ``params_file`` + ``model`` (one teacher from a
+  file kdjax did not write, see :mod:`kdjax.training.teachers._load`), or ``workdir``.
+
+  Raises:
+    ValueError: if both or neither are given, or ``model.name`` is missing.
+  """
+  params_file = teacher_config.get("params_file", "")
+  if not params_file:
+    return load_teachers(teacher_config.workdir, num_classes=num_classes)
+  if teacher_config.workdir:
+    raise ValueError("Set config.teacher.workdir or config.teacher.params_file, not both "
+                     f"(got {teacher_config.workdir!r} and {params_file!r})")
+  spec = teacher_config.model.to_dict() if hasattr(teacher_config.model, "to_dict") else dict(
+      teacher_config.model)
+  if not spec.get("name"):
+    raise ValueError(f"config.teacher.params_file={params_file!r} needs the architecture: set "
+                     "config.teacher.model.name (a kdjax.models registry name) and its fields")
+  model = model_from_config(spec, num_classes)
+  variables = load_teacher_file(params_file, model, sample_x, model_name=spec["name"],
+                                num_classes=num_classes)
+  return [TeacherGroup(model=model, variables=jax.tree.map(lambda a: a[None], variables),
+                       workdirs=(str(params_file),), indices=(0,))]
+
+
+@functools.lru_cache(maxsize=64)
+def eval_apply_fn(model: Any):
+  """``(variables, x) -> logits`` in eval mode, one function object per model (so
+  :mod:`kdjax.ensemble`'s jitted calls are compiled once per architecture)."""
+  adapter = as_model(model)
+  return lambda variables, x: adapter.apply(variables, x, train=False).logits
+
+
+def single_teacher(groups: list[TeacherGroup]) -> tuple[nn.Module, Any]:
+  """The one teacher's ``(model, variables)``; an error for ensembles."""
+  if len(groups) != 1 or groups[0].size != 1:
+    raise ValueError("Feature- and weight-based losses need a single teacher; got an ensemble of "
+                     f"{sum(g.size for g in groups)} members")
+  group = groups[0]
+  return group.model, jax.tree.map(lambda leaf: leaf[0], group.variables)
+
+
+_TORCH_SUFFIXES = (".pth", ".pt")
+_MSGPACK_SUFFIXES = (".msgpack", ".flax")
+
+
+def _read_torch(path: pathlib.Path, name: str, num_classes: int, input_shape) -> dict:
+  from kdjax import convert  # PyTorch itself is imported by load_pth, lazily
+
+  state_dict = convert.load_pth(str(path))
+  return convert.torch_state_dict(name, state_dict, num_classes=num_classes,
+                                  input_shape=tuple(input_shape))
+
+
+def read_variables_file(path: str | pathlib.Path, *, model_name: str = "", num_classes: int = 0,
+                        input_shape=(32, 32, 3)) -> dict[str, Any]:
+  """The pytree stored in ``path`` (see the module docstring for the formats).
+
+  Raises:
+    FileNotFoundError: if ``path`` does not exist.
+    ValueError: for a file of an unknown kind.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"teacher.params_file {str(path)!r} does not exist")
+  if path.is_dir():
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(path.absolute())
+  if path.suffix in _MSGPACK_SUFFIXES:
+    return flax.serialization.msgpack_restore(path.read_bytes())
+  if path.suffix in _TORCH_SUFFIXES:
+    return _read_torch(path, model_name, num_classes, input_shape)
+  raise ValueError(f"teacher.params_file {str(path)!r}: unknown format; expected an orbax "
+                   f"checkpoint directory, {'/'.join(_MSGPACK_SUFFIXES)} (flax msgpack) or "
+                   f"{'/'.join(_TORCH_SUFFIXES)} (PyTorch state_dict)")
+
+
+def check_variables(tree: Any, expected: Any, *, source: str) -> dict[str, Any]:
+  """``tree`` as variables matching ``expected`` (shape/dtype structs), cast to their dtypes.
+
+  ``tree`` is either full variables (with a ``"params"`` key) or the params alone.
+
+  Raises:
+    ValueError: naming the missing, unexpected or mis-shaped paths.
+  """
+  variables = dict(tree) if isinstance(tree, dict) and "params" in tree else {"params": tree}
+  got = traverse_util.flatten_dict(variables, sep="/")
+  want = traverse_util.flatten_dict(dict(expected), sep="/")
+  missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+  wrong = [f"{k}: file {tuple(np.shape(got[k]))} vs model {tuple(want[k].shape)}"
+           for k in sorted(set(got) & set(want)) if tuple(np.shape(got[k])) != tuple(want[k].shape)]
+  if missing or extra or wrong:
+    parts = [f"missing {missing[:5]}" if missing else "",
+             f"unexpected {extra[:5]}" if extra else "",
+             f"shape mismatch {wrong[:5]}" if wrong else ""]
+    raise ValueError(f"{source} does not fit the teacher model: "
+                     + "; ".join(p for p in parts if p))
+  # Through NumPy: arrays restored onto one device must not stay committed to it.
+  flat = {k: jnp.asarray(np.asarray(got[k], dtype=want[k].dtype)) for k in want}
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def load_teacher_file(path: str | pathlib.Path, module: Any, sample_x: Any, *, model_name: str,
+                      num_classes: int) -> dict[str, Any]:
+  """Variables of ``module`` read from ``path`` and checked against its own init."""
+  expected = jax.eval_shape(lambda: as_model(module).init(jax.random.key(0), sample_x))
+  tree = read_variables_file(path, model_name=model_name, num_classes=num_classes,
+                             input_shape=sample_x.shape[1:])
+  return check_variables(tree, expected, source=f"teacher.params_file {str(path)!r}")
+
+
+def read_run_info(path: pathlib.Path) -> dict:
+  """A teacher's ``run.json``; an unreadable or damaged file names its path."""
+  try:
+    return json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); is this a kdjax "
+                     "run that finished writing?") from None
+
+
+def check_teachers_take(groups, sample_x) -> None:
+  """Each teacher group must accept the student's inputs (checked on shapes only,
+  with ``jax.eval_shape``; nothing is computed).
+
+  Raises:
+    ValueError: naming the teacher workdirs and the input shape.
+  """
+  spec = jax.ShapeDtypeStruct(sample_x.shape, sample_x.dtype)
+  for group in groups:
+    variables = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
+                             group.variables)  # one member: drop the member axis
+    model = as_model(group.model)
+    try:
+      jax.eval_shape(lambda v, x, m=model: m.apply(v, x, train=False).logits, variables, spec)
+    except Exception as e:  # flax raises shape errors of several types
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ValueError(f"Teacher {', '.join(group.workdirs)} cannot take the student's inputs "
+                       f"of shape {tuple(sample_x.shape[1:])} per example ({first}); was it "
+                       "trained on another data set?") from None
