@@ -155,17 +155,22 @@ def _resolve_config_flag(argv: list[str]) -> list[str]:
 def _override_error(error: Exception) -> str:
   """The message of a ``--config.FIELD=VALUE`` that config_flags could not apply."""
   text = _one_line(error)
-  bad_value = re.search(r"flag --config\.([\w.]+)=(.*?): (.*)", text)
+  bad_value = re.search(r"flag --config\.([\w.]+)=(.*?): ", text)
   if bad_value:  # the field exists; the value does not parse as its type
-    field, value, reason = bad_value.groups()
+    field, value = bad_value.groups()
     current = _CONFIG.value
     try:
       for part in field.split("."):
         current = current[part]
       kind = type(current).__name__
     except (KeyError, TypeError, AttributeError):
-      kind = "its type"
-    return f"config error: config.{field} takes a {kind}, got {value!r} ({reason})"
+      kind = "value of its type"
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"config error: config.{field} takes {article} {kind}, got {value!r}"
+  unknown = re.match(r"(\w+)'? Did you mean \"(\w+)\"", text)
+  if unknown:
+    return (f"config error: the config has no field {unknown[1]!r} (did you mean "
+            f"{unknown[2]!r}?)")
   return (f"config error: {type(error).__name__}: {text} (a --config.FIELD=VALUE override "
           "must name a field the config file defines)")
 

@@ -118,7 +118,10 @@ def test_sigkill_five_times_ensemble_teacher_run_is_bit_identical(teacher_dir, t
   check_matches(killed, load_params(full))
 
 
-def test_sigterm_checkpoints_at_the_chunk_boundary_and_exits_0(single_reference, tmp_path, env):
+@pytest.mark.parametrize("signum, code, said", [
+    (signal.SIGTERM, 0, "stopped on SIGTERM"), (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_and_ctrl_c_checkpoint_at_the_chunk_boundary(single_reference, tmp_path, env,
+                                                             signum, code, said):
   overrides = {**COMMON, "checkpoint_every": 500}  # the notice, not the schedule, saves
   workdir = tmp_path / "w"
   cmd = cli("mnist1d/mlp.py:smoke", workdir, overrides)
@@ -127,15 +130,16 @@ def test_sigterm_checkpoints_at_the_chunk_boundary_and_exits_0(single_reference,
   while last_step(workdir) < 120 and proc.poll() is None and time.time() < deadline:
     time.sleep(0.005)
   assert proc.poll() is None
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signum)
   sent = time.time()
   _, stderr = proc.communicate(timeout=60)
   elapsed = time.time() - sent
-  print(f"\nSIGTERM -> exit in {elapsed:.2f}s")
-  assert proc.returncode == 0, stderr[-2000:]
+  print(f"\n{signal.Signals(signum).name} -> exit in {elapsed:.2f}s")
+  assert proc.returncode == code, stderr[-2000:]
   stopped = last_step(workdir)
   assert 120 <= stopped < NUM_STEPS and stopped % 500  # saved because of the notice
-  assert f"stopped on SIGTERM at step {stopped} (checkpoint saved" in stderr
+  assert stderr.splitlines()[-1] == (f"kdjax train: {said} at step {stopped} (checkpoint saved in "
+                                     f"{workdir}); rerun the same command to resume")
   assert str(stopped) in [p.name for p in (workdir / "checkpoints").iterdir()]
   assert elapsed < 30
   subprocess.run(cmd, env=env, check=True, capture_output=True)

@@ -157,8 +157,11 @@ def test_resume_into_a_workdir_of_another_model_is_a_clear_error(teacher_dir, tm
   import shutil
   workdir = tmp_path / "w"
   shutil.copytree(teacher_dir, workdir)
-  with pytest.raises(ValueError, match="holds checkpoints of another run"):
+  with pytest.raises(ValueError, match='holds a run with another config: .*model.name "cnn1d" -> "mlp"'):
     train_and_evaluate(smoke("mnist1d/mlp.py"), str(workdir))
+  # resume=override accepts config changes, never another model under the checkpoints.
+  with pytest.raises(ValueError, match="holds checkpoints of another run"):
+    train_and_evaluate(smoke("mnist1d/mlp.py", resume="override"), str(workdir))
 
 
 def test_unknown_teacher_fusion_is_a_clear_error_even_for_one_teacher(teacher_dir, tmp_path):

@@ -29,6 +29,8 @@ Teacher: `teacher.params_file` takes RepDistiller's / mdistiller's pretrained re
 workdir trained with this file's `teacher` method (`--config.teacher.workdir=...`).
 The same command resumes from the workdir's latest checkpoint.
 Args: "<method>", "<method>,smoke" (4 steps on tfds mock data).
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.config import recipes

@@ -12,6 +12,8 @@ Launch:
       --config.teacher.workdir=runs/digits_resnet14
 Expected: benchmarks/results/digits_resnet.json (3 seeds; README "Model state").
 Args: "smoke" (seconds).
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.config import load_config

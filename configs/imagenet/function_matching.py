@@ -21,6 +21,8 @@ Teacher: ``torchvision.models.resnet50(weights="IMAGENET1K_V1")``'s state dict, 
 by ``kdjax.convert.torch_state_dict("resnet50", state_dict, num_classes=1000)``.
 The same command resumes from the workdir's latest checkpoint.
 Args: "smoke" (4 steps on mock data).
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 import ml_collections

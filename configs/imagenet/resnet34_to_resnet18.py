@@ -22,6 +22,8 @@ Teacher: torchvision's ``resnet34(weights="IMAGENET1K_V1")`` state dict saved wi
 ``kdjax.convert.torch_state_dict("resnet34", state_dict, num_classes=1000)``.
 The same command resumes from the workdir's latest checkpoint.
 Args: "kd" (default), "student" (ResNet-18 alone, CE), ",smoke" (4 steps on mock data).
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.config import recipes

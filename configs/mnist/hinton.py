@@ -21,6 +21,8 @@ Launch:
       --config.teacher.workdir=runs/mnist_teacher
 Data: mnist prepared once in the array_record format (README, "Training on a TPU VM").
 Args: "teacher" | "student" | "kd" (default), each optionally with ",smoke".
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.config import recipes

@@ -10,6 +10,8 @@ Launch:
 Expected (measured, one place): benchmarks/results/mnist1d_accuracy.json, "born-again (CNN)" and
 "born-again from teacher init (CNN)".
 Args: "init", "smoke" (comma-separated).
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.training import default_config, smoke_variant

@@ -15,6 +15,8 @@ Launch:
 Expected (measured, one place): benchmarks/results/mnist1d_dkd_warmup.json, "dkd_warmup_beta1"
 (compare "mlp" there, and README.md "Results: kdjax demo", row mlp).
 Args: "mdistiller" (beta=8, T=4, no warm-up), "smoke", "mdistiller,smoke".
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.training import default_config, smoke_variant

@@ -9,6 +9,8 @@ Launch:
       --config.teacher.workdir=runs/teacher_cnn
 Expected (measured, one place): benchmarks/results/mnist1d_accuracy.json, "hint (MLP)".
 Args: "smoke".
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.training import default_config, smoke_variant

@@ -23,6 +23,8 @@ Expected (measured, one place): benchmarks/results/mnist1d_above_teacher.json, r
 kdjax_train entry for this file (these `kdjax train` runs; README section on the MLP above
 its teacher ensemble).
 Args: "smoke".
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.config import load_config

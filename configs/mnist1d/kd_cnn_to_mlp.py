@@ -14,6 +14,8 @@ Launch:
 Expected (measured, one place): README.md "Results: kdjax demo", rows kd_transfer and kd_labelled
 (with the transfer set / on the labelled inputs only; compare row mlp).
 Args: "labelled" (no transfer set), "smoke" (seconds), "labelled,smoke".
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.training import default_config, smoke_variant

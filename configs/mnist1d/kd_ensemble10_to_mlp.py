@@ -17,6 +17,8 @@ Expected (measured, one place): benchmarks/results/mnist1d_above_teacher.json, r
 "10 CNNs, 100k pool + 100k fresh inputs, long schedule" (it stays below 95%: see the
 README section).
 Args: "smoke".
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.config import load_config

@@ -12,6 +12,8 @@ Launch:
 Expected (measured, one place): README.md "Results: kdjax demo", row kd_ensemble (compare rows kd_transfer
 and mlp).
 Args: "smoke".
+The smoke variant needs a teacher as the full one does (--config.teacher.workdir=, e.g. a
+teacher config's own smoke run, or teacher.params_file).
 """
 
 from kdjax.training import default_config, smoke_variant

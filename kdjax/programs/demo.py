@@ -38,9 +38,10 @@ def _stage_config(path: str, arg: str | None, seed: int, smoke: bool = False,
 
 
 def run_stage(name: str, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-  """Trains unless ``workdir/summary.json`` already records a finished run."""
-  from kdjax.training import train_and_evaluate
+  """Trains unless ``workdir/summary.json`` already records a finished run of ``config``."""
+  from kdjax.training import _workdir, train_and_evaluate
 
+  _workdir.check_resume(workdir, config)  # a finished run of another config is not reused
   summary_path = workdir / "summary.json"
   if summary_path.exists():
     summary = json.loads(summary_path.read_text())
@@ -167,12 +168,33 @@ def write_report(root: pathlib.Path, rows: list[dict], curves: dict[str, tuple])
   plt.close(fig)
 
 
+DEMO_FILE = "demo.json"  # {"smoke": bool}: the variant the workdir's stages trained
+
+
+def check_demo_workdir(root: pathlib.Path, smoke: bool) -> None:
+  """A demo workdir holds the smoke stages or the full ones, never a mixture.
+
+  Raises:
+    ValueError: ``root`` holds the other variant's stages.
+  """
+  path = root / DEMO_FILE
+  if not path.exists():
+    return
+  saved = bool(json.loads(path.read_text()).get("smoke"))
+  if saved != smoke:
+    held, asked = ("smoke", "full") if saved else ("full", "smoke")
+    raise ValueError(f"{root} holds the {held} demo's runs; the {asked} demo needs another "
+                     "--workdir")
+
+
 def run_demo(workdir: str, *, seeds: int = 1, fusion: bool = True, smoke: bool = False) -> list[dict]:
   """Runs every stage for ``seeds`` seeds and writes the report; returns its rows.
 
   ``smoke=True`` runs every stage's ``smoke`` config variant (seconds, for tests)."""
   root = pathlib.Path(workdir)
+  check_demo_workdir(root, smoke)
   root.mkdir(parents=True, exist_ok=True)
+  (root / DEMO_FILE).write_text(json.dumps({"smoke": smoke}))
   start = time.time()
   results: dict[str, list[dict]] = {}
   descriptions: dict[str, str] = {}
