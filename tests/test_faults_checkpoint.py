@@ -88,8 +88,13 @@ def test_old_checkpoints_are_deleted_only_after_the_newer_one_is_committed(tmp_p
 def test_a_checkpoint_of_another_optimizer_is_not_mistaken_for_damage(tmp_path):
   workdir = tmp_path / "w"
   train_and_evaluate(smoke(num_steps=20), str(workdir))
-  with pytest.raises(ValueError, match="checkpoint step 20 .* is intact but does not fit"):
+  config = (workdir / "config.json").read_text()
+  with pytest.raises(ValueError, match='another config: optimizer.name "adam" -> "sgd"'):
     train_and_evaluate(smoke(**{"optimizer.name": "sgd"}), str(workdir))
+  with pytest.raises(ValueError, match="checkpoint step 20 .* is intact but does not fit"):
+    train_and_evaluate(smoke(resume="override", **{"optimizer.name": "sgd"}), str(workdir))
+  assert (workdir / "config.json").read_text() == config  # written only after a good restore
+  assert not (workdir / "config_history.jsonl").exists()
   assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["20"]
   assert not (workdir / "damaged_checkpoints").exists()
 

@@ -50,7 +50,8 @@ def test_lr_1e12_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   train_and_evaluate(smoke(num_steps=20), str(workdir))  # a good checkpoint at step 20
   good = load_params(workdir)
   with pytest.raises(NonFiniteError, match=r"^step 2[1-9]: non-finite loss/cross_entropy, loss"):
-    train_and_evaluate(smoke(num_steps=40, **{"optimizer.learning_rate": 1e12}), str(workdir))
+    train_and_evaluate(smoke(num_steps=40, resume="override", **{"optimizer.learning_rate": 1e12}),
+                       str(workdir))
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["20"]
   jax.tree.map(np.testing.assert_array_equal, load_params(workdir), good)
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]

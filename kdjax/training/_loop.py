@@ -89,9 +89,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, changes: di
   if data.streaming:
     run_info["data_source"] = config.data.source
   _workdir.check_same_run(workdir, run_info)
-  if _distributed.is_writer():  # process 0 writes the run's files
-    _workdir.write_config(workdir, config, changes)
-    (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
 
   # Init (or resume, with the stream's position).
   tx = make_optimizer(config.optimizer, config.num_steps,
@@ -109,6 +106,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, changes: di
   _distributed.barrier("train_state")  # hosts may differ in start-up time
   manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints)
   state, data_state = ckpt.restore_latest(manager, state, with_data=data.streaming)
+  if _distributed.is_writer():  # process 0 writes the run's files, once the resume is known good
+    _workdir.write_config(workdir, config, changes)
+    (workdir / "run.json").write_text(json.dumps(run_info, indent=2))
   start_step = int(state.step)
   log = MetricsLog(workdir / "metrics.jsonl", start_step)
 
