@@ -23,7 +23,7 @@ differences of a few tenths that are noise (binomial standard error about 0.7 po
 Teacher members are ``kdjax train`` runs of ``configs/mnist1d/member_cnn.py`` (members 0-4
 use the demo's seeds ``5 * seed + i``, members 5-9 seeds ``1000 + 10 * seed + i``) under
 ``--members`` (trained when missing, reused otherwise). The fused teacher targets of every
-(seed, teacher, inputs) are computed once (``kdjax.training.teacher_log_probs``,
+(seed, teacher, inputs) are computed once (``kdjax.training.teacher_targets``,
 the trainer's own target function) and kept as ``.npy`` under ``--cache``; the students
 are trained here by a minimal ``lax.scan`` loop with kdjax's MLP, ``make_optimizer`` and
 ``hinton_kd`` (the update of the trainer's cached-target step, without
@@ -92,11 +92,11 @@ def teacher_targets(dirs, x: np.ndarray, cache: pathlib.Path, key: str, config) 
   r"""Fused teacher log-probabilities of ``x`` (``prob`` fusion at ``fusion_temperature``
   :math:`\tau`, as the trainer caches them: :math:`\tau \log \bar p_\tau`).
 
-  Members are evaluated in blocks of five (``kdjax.training.teacher_log_probs``),
+  Members are evaluated in blocks of five (``kdjax.training.teacher_targets``),
   each block cached as ``cache/key_b<k>.npy``; equal blocks combine exactly,
   :math:`\bar p_\tau = \frac1K \sum_k \bar p_{\tau,k}`, so ten members reuse the first
   five's targets."""
-  from kdjax.training import teacher_log_probs
+  from kdjax.training import teacher_targets
   from kdjax.training.teachers._load import load_teacher_groups
 
   t = config.teacher.copy_and_resolve_references()
@@ -110,7 +110,7 @@ def teacher_targets(dirs, x: np.ndarray, cache: pathlib.Path, key: str, config) 
       t.workdir = ",".join(str(d) for d in dirs[5 * k:5 * k + 5])
       groups = load_teacher_groups(t, num_classes=10, sample_x=x[:100])
       np.save(path, np.concatenate([
-          np.asarray(teacher_log_probs(groups, x[i:i + 10_000], space="prob", temperature=tau))
+          np.asarray(teacher_targets(groups, x[i:i + 10_000], space="prob", temperature=tau))
           for i in range(0, len(x), 10_000)]))
     blocks.append(np.load(path).astype(np.float64) / tau)
   fused = np.log(np.mean(np.exp(np.stack(blocks)), axis=0))  # log of the mean probability

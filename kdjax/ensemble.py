@@ -31,6 +31,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from kdjax import data as kd_data
+
 ApplyFn = Callable[[Any, jax.Array], Any]
 STRATEGIES = ("auto", "vmap", "map", "loop")
 
@@ -156,19 +158,17 @@ def _apply_loop(apply_fn, stacked_params, x):
   return jax.tree.map(lambda *ys: jnp.stack(ys), *outs)
 
 
-_AUTO_BY_BACKEND = {"cpu": "map"}  # measured; other backends default to "vmap"
+_AUTO_BY_BACKEND = {"cpu": "map"}  # benchmarks/ensemble_speed.py; other backends: "vmap"
 
 
 def choose_strategy(apply_fn: ApplyFn, stacked_params: Any, x: Any) -> str:
   """The strategy ``"auto"`` picks for these arguments.
 
-  On the CPU, ``"map"``: in ``benchmarks/ensemble_speed.py`` (M = 1, 2, 4, 8, batch 1000,
-  MLP 40-100-100-10 and the im2col CNN1D, two runs) it was the fastest or tied for both
-  layer types, 1.0-1.27x a Python loop of jitted members (medians), while ``"vmap"`` fell
-  to 0.58-0.93x from M = 4 (batched 3-D matmuls for the im2col convs; native convs would
-  become grouped convs, which kdjax's NOTES measured 6x slower than a loop). ``lax.map`` runs each member's unbatched
-  program inside one XLA call, so it keeps the loop's kernels without its dispatches.
-  On GPU/TPU, ``"vmap"`` (one wide kernel per layer; not measured in this repository).
+  On the CPU, ``"map"``: ``lax.map`` runs each member's unbatched program inside one XLA
+  call, so it keeps a Python loop's kernels without its dispatches, while ``vmap`` turns
+  the im2col convolutions into batched 3-D matmuls (and native convolutions into grouped
+  ones), which are slower there (``benchmarks/ensemble_speed.py``, results in
+  ``benchmarks/results/``). On GPU/TPU, ``"vmap"`` (one wide kernel per layer).
 
   ``apply_fn``, ``stacked_params`` and ``x`` are accepted so that a rule by layer type
   (e.g. inspecting ``jax.make_jaxpr(apply_fn)``) can be added where a backend needs one;
@@ -303,9 +303,7 @@ def sharded_apply(apply_fn: ApplyFn, stacked_params: Any, x: Any, *, mesh: Mesh,
 
 def make_member_mesh(num_devices: int | None = None, member_axis: str = "member") -> Mesh:
   """A 1-D mesh over the first ``num_devices`` devices with an ``Auto`` axis type."""
-  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
-  return jax.make_mesh((len(devices),), (member_axis,),
-                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+  return kd_data.make_mesh({member_axis: -1}, num_devices or 0)
 
 
 # ----------------------------------------------------------------------------- groups

@@ -31,12 +31,6 @@ def _check(logits, labels, fn):
   return logits, labels, losses.label_mask(labels, logits.shape[-1])
 
 
-def _mean(values: jax.Array, valid: jax.Array) -> jax.Array:
-  """Mean over the valid rows (selected, not multiplied); 0 when none is valid."""
-  total = jnp.sum(jnp.where(valid, values, 0))
-  return total / jnp.maximum(jnp.sum(valid), 1).astype(total.dtype)
-
-
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Fraction of examples whose argmax equals the label.
 
@@ -48,7 +42,7 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     Scalar in ``[0, 1]``.
   """
   logits, labels, valid = _check(logits, labels, "accuracy")
-  return _mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32), valid)
+  return losses.masked_mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32), valid)
 
 
 def nll(logits_or_log_probs: jax.Array, labels: jax.Array) -> jax.Array:
@@ -63,7 +57,7 @@ def nll(logits_or_log_probs: jax.Array, labels: jax.Array) -> jax.Array:
     labels: ``[B]`` integer labels.
   """
   logits, labels, valid = _check(logits_or_log_probs, labels, "nll")
-  return _mean(losses.cross_entropy(logits, labels), valid)
+  return losses.masked_mean(losses.cross_entropy(logits, labels), valid)
 
 
 def brier_score(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -76,7 +70,7 @@ def brier_score(logits: jax.Array, labels: jax.Array) -> jax.Array:
   logits, labels, valid = _check(logits, labels, "brier_score")
   probs = jax.nn.softmax(logits, axis=-1)
   onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=probs.dtype)
-  return _mean(jnp.sum(jnp.square(probs - onehot), axis=-1), valid)
+  return losses.masked_mean(jnp.sum(jnp.square(probs - onehot), axis=-1), valid)
 
 
 def _bin_stats(logits, labels, valid, num_bins):

@@ -34,10 +34,16 @@ def test_pad_rows_keeps_an_existing_mask():
 
 
 def test_masked_mean_matches_numpy():
+  from kdjax import losses
   rng = np.random.default_rng(0)
   values, mask = rng.normal(size=13), rng.random(13) < 0.6
-  got = jax.jit(_padding.masked_mean)(values.astype(np.float32), mask)
+  got = jax.jit(losses.masked_mean)(values.astype(np.float32), mask)
   np.testing.assert_allclose(got, values[mask].astype(np.float64).mean(), rtol=1e-6)
+  hits = values > 0  # booleans (argmax == label) average in float32
+  got = jax.jit(losses.masked_mean)(hits, mask)
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, hits[mask].mean(), rtol=1e-6)
+  assert float(losses.masked_mean(values, np.zeros(13, bool))) == 0.0
 
 
 def test_batch_norm_statistics_ignore_padded_rows():

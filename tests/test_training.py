@@ -130,7 +130,7 @@ def test_bad_config_values(tmp_path):
 
 
 def test_ensemble_teacher_targets_match_float64_reference(teacher_dir, tmp_path):
-  from kdjax.training import load_run, load_teachers, teacher_log_probs
+  from kdjax.training import load_run, load_teachers, teacher_targets
   mlp_dir = tmp_path / "mlp_teacher"
   train_and_evaluate(smoke("mnist1d/mlp.py"), str(mlp_dir))
   workdirs = f"{teacher_dir},{mlp_dir},{teacher_dir}"
@@ -145,11 +145,11 @@ def test_ensemble_teacher_targets_match_float64_reference(teacher_dir, tmp_path)
   for temperature in (1.0, 4.0):
     p = np.exp(z / temperature - np.log(np.exp(z / temperature).sum(-1, keepdims=True)))
     expected = temperature * np.log(p.mean(0))
-    got = teacher_log_probs(groups, x, space="prob", temperature=temperature, batch_size=16)
+    got = teacher_targets(groups, x, space="prob", temperature=temperature, batch_size=16)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
   weights = np.array([0.2, 0.7, 0.1])  # in the order the workdirs were given
   p = np.exp(z - np.log(np.exp(z).sum(-1, keepdims=True)))
-  got = teacher_log_probs(groups, x, space="prob", weights=tuple(weights), batch_size=16)
+  got = teacher_targets(groups, x, space="prob", weights=tuple(weights), batch_size=16)
   np.testing.assert_allclose(got, np.log(np.einsum("m,mbc->bc", weights, p)), rtol=1e-4, atol=1e-4)
 
 

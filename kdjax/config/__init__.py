@@ -5,6 +5,7 @@ before any compute, config files loaded by path, and the published recipes
 from kdjax.config._check import check_config as check_config
 from kdjax.config._check import check_fields as check_fields
 from kdjax.config._check import resolve_num_steps as resolve_num_steps
+from kdjax.config._check import with_defaults as with_defaults
 from kdjax.config._defaults import default_config as default_config
 from kdjax.config._defaults import smoke_variant as smoke_variant
 from kdjax.config._files import CONFIG_ROOT as CONFIG_ROOT

@@ -1,6 +1,7 @@
 """Checks of a config before any compute: known fields of the right types, settings that
 cannot work together, the number of steps. Each failure is one line naming the field."""
 
+import copy
 import difflib
 from typing import Any
 
@@ -95,3 +96,26 @@ def resolve_num_steps(config: ml_collections.ConfigDict, train_size: int) -> int
                      f"batch_size={config.batch_size}) = {derived}; set num_steps=0 to derive it, "
                      "or num_epochs=0 to train num_steps")
   return derived
+
+
+def with_defaults(config: ml_collections.ConfigDict,
+                  defaults: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """``defaults`` (:func:`kdjax.config.default_config`) with every field ``config`` sets laid
+  over it: a config that sets only some fields gets the others' defaults, so code below
+  reads ``config.teacher.member_axis`` and never ``.get(field, default)``. The free-form
+  sub-trees (:data:`FREE_FORM`: loss terms, model and loader keyword arguments) are taken
+  from ``config`` whole, never merged with the defaults' entries."""
+  out = copy.deepcopy(default_config() if defaults is None else defaults)
+
+  def lay(target, node, prefix):
+    for key in node.keys():
+      path, value = f"{prefix}{key}", node[key]
+      if (key in target and isinstance(target[key], ml_collections.ConfigDict)
+          and path not in FREE_FORM and isinstance(value, (ml_collections.ConfigDict, dict))):
+        lay(target[key], value, path + ".")
+      else:
+        with target.ignore_type():
+          target[key] = copy.deepcopy(value)
+
+  lay(out, config, "")
+  return out

@@ -4,7 +4,6 @@ augmentation, deterministic sharded batching and device prefetching."""
 from kdjax.data._batches import batch_indices as batch_indices
 from kdjax.data._batches import epoch_permutation as epoch_permutation
 from kdjax.data._batches import host_slice as host_slice
-from kdjax.data._batches import make_data_mesh as make_data_mesh
 from kdjax.data._batches import shard_batch as shard_batch
 from kdjax.data._cache import data_dir as data_dir
 from kdjax.data._digits import load_digits as load_digits
@@ -35,6 +34,8 @@ from kdjax.data._tfds import ImageDatasetSpec as ImageDatasetSpec
 from kdjax.data._tfds import dataset_spec as dataset_spec
 from kdjax.data._tfds import tfds_source as tfds_source
 from kdjax.data._from_config import pipelines_from_config as pipelines_from_config
+from kdjax.data._mesh import make_data_mesh as make_data_mesh
+from kdjax.data._mesh import make_mesh as make_mesh
 from kdjax.data._topk_store import read_topk_logits as read_topk_logits
 from kdjax.data._topk_store import store_bytes_per_token as store_bytes_per_token
 from kdjax.data._topk_store import topk_store_files as topk_store_files

@@ -47,16 +47,6 @@ def host_slice(indices: np.ndarray, *, process_index: int | None = None,
   return indices[..., pid * per_host:(pid + 1) * per_host]
 
 
-def make_data_mesh(num_devices: int = 0, axis: str = "data") -> Mesh:
-  """A 1-D mesh over the first ``num_devices`` devices (0: all of them)."""
-  devices = jax.devices()
-  if num_devices:
-    if num_devices > len(devices):
-      raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
-    devices = devices[:num_devices]
-  return Mesh(np.asarray(devices), (axis,))
-
-
 def shard_batch(local_batch, mesh: Mesh, *, batch_axis: int = 0, axis: str = "data"):
   """Places a host-local batch pytree as global arrays sharded along ``batch_axis``.
 

@@ -14,6 +14,7 @@ The trainer calls :func:`pipelines_from_config` once; every data-side setting li
 
 from typing import Any
 
+from kdjax.config import default_config, with_defaults
 from kdjax.data._pipeline import Pipeline, make_pipeline
 from kdjax.data._synthetic import SyntheticSource
 from kdjax.data._tfds import dataset_spec, tfds_source
@@ -22,13 +23,13 @@ SOURCES = ("tfds", "synthetic")
 
 
 def _tfds_sources(data_config, spec) -> tuple[Any, Any]:
-  data_dir = data_config.get("data_dir") or None
+  data_dir = data_config.data_dir or None
 
   def read():
     return (tfds_source(data_config.name, spec.train_split, data_dir=data_dir),
             tfds_source(data_config.name, spec.eval_split, data_dir=data_dir))
 
-  if not data_config.get("mock_examples", 0):
+  if not data_config.mock_examples:
     return read()
   import tensorflow_datasets as tfds
 
@@ -42,7 +43,8 @@ def pipelines_from_config(data_config, *, batch_size: int, eval_batch_size: int,
   """This host's training and evaluation pipelines for ``config.data``.
 
   Args:
-    data_config: the ``config.data`` ConfigDict (``source``, ``name``, ...).
+    data_config: the ``config.data`` ConfigDict (``source``, ``name``, ...); a field it does
+      not set takes its value in ``default_config().data``.
     batch_size, eval_batch_size: global batch sizes.
     seed: the training order, augmentation and mixup seed.
     process_index, process_count: this host and the host count (default: JAX's).
@@ -51,7 +53,8 @@ def pipelines_from_config(data_config, *, batch_size: int, eval_batch_size: int,
     ``{"train": Pipeline (endless), "eval": Pipeline (one padded pass), "num_classes",
     "image_shape": (H, W, C) of the model input, "train_size": examples per epoch}``.
   """
-  source = data_config.get("source", "local")
+  data_config = with_defaults(data_config, default_config().data)
+  source = data_config.source
   if source == "synthetic":
     syn = data_config.synthetic
     shape = tuple(syn.shape)
@@ -65,20 +68,20 @@ def pipelines_from_config(data_config, *, batch_size: int, eval_batch_size: int,
     spec = dataset_spec(data_config.name)
     train_src, eval_src = _tfds_sources(data_config, spec)
     num_classes, mean, std = spec.num_classes, spec.mean, spec.std
-    image_size = int(data_config.get("image_size") or spec.image_size)
+    image_size = int(data_config.image_size or spec.image_size)
     train_augment, eval_augment, name = spec.train_augment, spec.eval_augment, data_config.name
   else:
     raise ValueError(f"config.data.source={source!r} has no streaming pipeline; streaming "
                      f"sources: {SOURCES}")
   common = {"num_classes": num_classes, "image_size": image_size, "mean": mean, "std": std,
-            "flatten": bool(data_config.get("flatten", False)),
+            "flatten": bool(data_config.flatten),
             "process_index": process_index, "process_count": process_count,
-            "num_threads": int(data_config.get("num_threads", 0)),
-            "num_workers": int(data_config.get("num_workers", 0))}
+            "num_threads": int(data_config.num_threads),
+            "num_workers": int(data_config.num_workers)}
   train = make_pipeline(train_src, batch_size=batch_size, seed=seed, train=True,
-                        augment=data_config.get("augment") or train_augment,
-                        pad=int(data_config.get("pad", 4)),
-                        mixup_alpha=float(data_config.get("mixup_alpha", 0.0)),
+                        augment=data_config.augment or train_augment,
+                        pad=int(data_config.pad),
+                        mixup_alpha=float(data_config.mixup_alpha),
                         name=f"{name}:train", **common)
   evaluation: Pipeline = make_pipeline(eval_src, batch_size=eval_batch_size, seed=seed,
                                        train=False, augment=eval_augment, name=f"{name}:eval",

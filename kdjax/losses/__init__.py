@@ -21,6 +21,7 @@ from kdjax.losses._compose import TermSpec as TermSpec
 from kdjax.losses._compose import make_objective as make_objective
 from kdjax.losses._compose import term_keywords as term_keywords
 from kdjax.losses._checks import label_mask as label_mask
+from kdjax.losses._checks import masked_mean as masked_mean
 from kdjax.losses._divergences import forward_kl as forward_kl
 from kdjax.losses._divergences import generalized_jsd as generalized_jsd
 from kdjax.losses._divergences import reverse_kl as reverse_kl

@@ -5,6 +5,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def check_floating(name: str, fn: str, x: Any) -> jax.Array:
@@ -69,7 +70,11 @@ def label_mask(labels: jax.Array, num_classes: int) -> jax.Array:
 
 def masked_mean(values: jax.Array, where: jax.Array | None) -> jax.Array:
   """Mean of ``values`` over ``where`` (selected, never multiplied: NaN in unselected
-  entries stays out); 0 when nothing is selected."""
+  entries stays out); 0 when nothing is selected. Boolean or integer ``values`` (e.g.
+  ``argmax == label``) average in float32."""
+  values = jnp.asarray(values)
+  if not jnp.issubdtype(values.dtype, jnp.floating):
+    values = values.astype(jnp.float32)
   if where is None:
     return jnp.mean(values)
   total = jnp.sum(jnp.where(where, values, 0))
@@ -134,16 +139,9 @@ def compute_dtype(*arrays: jax.Array) -> jnp.dtype:
   return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
 
 
-def safe_norm(x: jax.Array, axis: int | tuple[int, ...] = -1, keepdims: bool = False) -> jax.Array:
-  """L2 norm whose gradient at 0 is 0 instead of NaN."""
-  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=keepdims)
-  pos = sq > 0
-  return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
-
-
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   """``x / max(||x||, eps)`` (``torch.nn.functional.normalize``), NaN-free gradient at 0."""
-  return x / jnp.maximum(safe_norm(x, axis=axis, keepdims=True), eps)
+  return x / jnp.maximum(optax.safe_norm(x, 0.0, axis=axis, keepdims=True), eps)
 
 
 def take_class(x: jax.Array, labels: jax.Array, axis: int) -> jax.Array:

@@ -320,7 +320,7 @@ def _pearson(a: jax.Array, b: jax.Array, axis: int, where: jax.Array | None,
     a = jnp.where(where, a - jnp.sum(jnp.where(where, a, 0), axis=axis, keepdims=True) / n, 0)
     b = jnp.where(where, b - jnp.sum(jnp.where(where, b, 0), axis=axis, keepdims=True) / n, 0)
   num = jnp.sum(a * b, axis=axis)
-  return num / (_checks.safe_norm(a, axis) * _checks.safe_norm(b, axis) + eps)
+  return num / (optax.safe_norm(a, 0.0, axis=axis) * optax.safe_norm(b, 0.0, axis=axis) + eps)
 
 
 def dist(student_logits: jax.Array, teacher_logits: jax.Array, *, beta: float = 1.0,

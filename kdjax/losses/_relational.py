@@ -10,6 +10,7 @@ neither the value nor the gradient.
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from kdjax.losses import _checks
 
@@ -210,7 +211,7 @@ def pkt(student_features: jax.Array, teacher_features: jax.Array, *,
   pair = w[:, None] & w[None, :]
 
   def probs(e):
-    u = e / (_checks.safe_norm(e, axis=-1, keepdims=True) + eps)
+    u = e / (optax.safe_norm(e, 0.0, axis=-1, keepdims=True) + eps)
     k = jnp.where(pair, (u @ u.T + 1) / 2, 0)
     z = jnp.sum(k, axis=-1, keepdims=True)
     return k / jnp.where(z > 0, z, 1.0)

@@ -29,17 +29,10 @@ ParamMapping = (Mapping[str, str | tuple[str, Callable[[jax.Array], jax.Array]]]
                 | None)
 
 
-def _key_str(key: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def flatten_params(params: Any) -> dict[str, jax.Array]:
   """``{"a/b/kernel": leaf}`` for any pytree of parameters (dicts, FrozenDicts, lists)."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-  return {"/".join(_key_str(k) for k in path): leaf for path, leaf in leaves}
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf for path, leaf in leaves}
 
 
 def _missing(fn: str, what: str, path: str, available: Sequence[str]) -> ValueError:
@@ -192,7 +185,8 @@ def init_from_teacher(student_params: Any, teacher_params: Any, *,
   """
   fn = "init_from_teacher"
   leaves, treedef = jax.tree_util.tree_flatten_with_path(student_params)
-  student = {"/".join(_key_str(k) for k in path): leaf for path, leaf in leaves}
+  student = {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+             for path, leaf in leaves}
   teacher = flatten_params(teacher_params)
   new = dict(student)
   copied = []

@@ -23,6 +23,8 @@ from kdjax.models._adapters import Model as Model
 from kdjax.models._adapters import ModelOutput as ModelOutput
 from kdjax.models._adapters import NNXModel as NNXModel
 from kdjax.models._adapters import as_model as as_model
+from kdjax.models._adapters import eval_apply as eval_apply
+from kdjax.models._adapters import eval_logits as eval_logits
 from kdjax.models._adapters import flat_features as flat_features
 from kdjax.models._adapters import split_variables as split_variables
 from kdjax.models._transformer import Transformer as Transformer

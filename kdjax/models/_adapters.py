@@ -235,3 +235,50 @@ def as_model(model: Any) -> Model:
     return FunctionModel(model)
   raise TypeError(f"model must be a flax linen module, an NNX module, an "
                   f"apply_fn(variables, x, train) or a kdjax Model; got {type(model).__name__}")
+
+
+
+_EVAL_FNS: dict = {}  # (model, features) -> the function built for it
+
+
+def _cached(key, build: Callable) -> Callable:
+  """``build()``, once per hashable ``key`` (an unhashable model, an NNX module: each call)."""
+  try:
+    return _EVAL_FNS[key]
+  except TypeError:
+    return build()
+  except KeyError:
+    fn = _EVAL_FNS[key] = build()
+    return fn
+
+
+def eval_apply(model: Any, features: Collection[str] = ()
+               ) -> Callable[[Variables, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
+  """``(variables, x) -> (logits [B, C], features)`` in eval mode (``train=False``:
+  BatchNorm uses its running statistics and never updates them, dropout is off).
+
+  One function object per ``(model, features)`` where the model is hashable, so jitted
+  callers (``jax.jit``, :mod:`kdjax.ensemble`) compile once per architecture.
+  """
+  features = tuple(sorted(features))
+
+  def build():
+    adapter = as_model(model)
+
+    def apply(variables, x):
+      logits, found, _ = adapter.apply(variables, x, train=False, features=features)
+      return logits, found
+
+    return apply
+
+  return _cached((model, features), build)
+
+
+def eval_logits(model: Any) -> Callable[[Variables, jax.Array], jax.Array]:
+  """``(variables, x) -> logits [B, C]`` in eval mode (:func:`eval_apply` without features)."""
+
+  def build():
+    adapter = as_model(model)
+    return lambda variables, x: adapter.apply(variables, x, train=False).logits
+
+  return _cached((model, None), build)

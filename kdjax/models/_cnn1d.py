@@ -13,10 +13,9 @@ def conv1d_im2col(x: jax.Array, kernel: jax.Array, *, stride: int, padding: int)
   .. math::
     y[b, l, o] = \\sum_{j<k} \\sum_c x_{pad}[b, l \\cdot s + j, c] \\, W[j, c, o]
 
-  Same result as ``lax.conv_general_dilated`` with NWC/WIO layouts. On XLA:CPU a
-  CNN1D train step inside ``lax.scan`` (how ``kdjax train`` runs) is 4.5x faster in this
-  form (1.03 vs 4.66 ms per step, batch 100); a lone jitted step is a tie
-  (benchmarks/conv1d_speed.py).
+  Same result as ``lax.conv_general_dilated`` with NWC/WIO layouts. On XLA:CPU a CNN1D
+  train step inside ``lax.scan`` (how ``kdjax train`` runs) is faster in this form; a lone
+  jitted step is a tie (``benchmarks/conv1d_speed.py``, results in ``benchmarks/results/``).
 
   Args:
     x: ``[B, L, C_in]`` inputs.

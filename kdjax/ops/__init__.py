@@ -1,9 +1,8 @@
 """Optional native kernels for XLA:CPU, called through XLA's FFI (``jax.ffi``).
 
 Why this package exists: on the CPU, XLA's own 2-D convolutions are what keeps a CIFAR ResNet
-distillation step at about half of PyTorch's speed (``/work/shared/NOTES.md``: resnet56 ->
-resnet20 at 0.5x; im2col, shifted matmuls and XLA's oneDNN/XNNPACK flags did not help).
-:func:`conv2d` runs the forward and both backward convolutions as oneDNN primitives instead,
+distillation step behind PyTorch's (im2col, shifted matmuls and XLA's oneDNN/XNNPACK flags
+did not close the gap; README "Faster CPU convolutions"). :func:`conv2d` runs the forward and both backward convolutions as oneDNN primitives instead,
 the same library PyTorch uses on the CPU.
 
 Everything here is optional: kdjax imports and runs without a compiler or oneDNN. The zoo's
@@ -11,7 +10,7 @@ dense CNNs default to ``conv_impl="auto"`` (``config.model.conv_impl``): oneDNN 
 CPU device when the extension loads, else ``lax.conv_general_dilated``
 (:func:`resolve_auto_impl`, decided once per process and logged). To
 enable it: ``pip install 'kdjax[onednn]'`` (oneDNN 3 from PyPI), have ``g++``, then
-``python -m kdjax.ops.build`` (or let the first use build it, about 20 s, cached in
+``python -m kdjax.ops.build`` (or let the first use build it once, cached in
 ``~/.cache/kdjax``).
 """
 

@@ -14,10 +14,9 @@ i" in the report), even when architectures are interleaved: the loader stacks me
 architecture, and their logits are put back in the given order.
 """
 
-import functools
 import json
 import pathlib
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ import numpy as np
 
 from kdjax import data as kd_data
 from kdjax import ensemble, fusion, metrics
-from kdjax.models import as_model
+from kdjax.models import eval_logits
 from kdjax.training import load_teachers
 
 
@@ -36,15 +35,8 @@ def _scores(log_probs, labels) -> dict[str, float]:
           "ece": float(metrics.expected_calibration_error(log_probs, labels))}
 
 
-@functools.cache
-def _eval_apply_fn(model) -> Callable[[Any, jax.Array], jax.Array]:
-  """``(variables, x) -> logits`` in eval mode, with the model state (BatchNorm's
-  ``batch_stats``); one function object per model, so compiled programs are reused."""
-  return lambda variables, x: as_model(model).apply(variables, x, train=False).logits
-
-
 def _group_logits(group, x) -> jax.Array:
-  return ensemble.apply(_eval_apply_fn(group.model), group.variables, jnp.asarray(x))
+  return ensemble.apply(eval_logits(group.model), group.variables, jnp.asarray(x))
 
 
 def member_logits(groups, x) -> jax.Array:
@@ -100,7 +92,7 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       continue
     arch = type(group.model).__name__
     # Soups average every variable: params and the BatchNorm running statistics.
-    apply = jax.jit(_eval_apply_fn(group.model))
+    apply = jax.jit(eval_logits(group.model))
     predictions[f"uniform soup ({arch} x{group.size})"] = apply(
         fusion.uniform_soup(group.variables), test["x"])
     greedy = fusion.greedy_soup(

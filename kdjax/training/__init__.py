@@ -27,7 +27,6 @@ from kdjax.training.teachers._apply import fuse_member_logits as fuse_member_log
 from kdjax.training.teachers._apply import make_teacher_apply as make_teacher_apply
 from kdjax.training.teachers._apply import teacher_variables as teacher_variables
 from kdjax.training.teachers._cache import cached_teacher_targets as cached_teacher_targets
-from kdjax.training.teachers._cache import teacher_log_probs as teacher_log_probs
 from kdjax.training.teachers._cache import teacher_targets as teacher_targets
 from kdjax.training.teachers._load import load_run as load_run
 from kdjax.training.teachers._load import load_teacher_groups as load_teacher_groups

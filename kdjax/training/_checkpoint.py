@@ -33,8 +33,8 @@ def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
 
 
 # orbax writes a replicated array "replica-parallel" by default on the CPU and TPU: one slice
-# per replica, each cut by an eager slice program compiled per shape and device (a CIFAR
-# ResNet smoke on 8 devices: 120 compiles, 7 s of a 35 s run). That pays off for large
+# per replica, each cut by an eager slice program compiled per shape and device (README:
+# the cost on a CIFAR ResNet smoke over 8 devices). That pays off for large
 # arrays on several hosts; below a megabyte per slice the whole array is written by one
 # replica (orbax's ``min_slice_bytes_for_replica_parallel``), as on a GPU.
 MIN_REPLICA_SLICE_BYTES = 1 << 20

@@ -18,13 +18,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kdjax import data as kd_data
 from kdjax import losses, metrics
-from kdjax.data import host_slice, shard_batch
-from kdjax.models import as_model
-from kdjax.training._distributed import to_host
+from kdjax.models import eval_logits
+from kdjax.training._padding import map_in_batches
 
 
 def evaluate_arrays(predict: Callable, variables: Any, split: dict, *, batch_size: int,
@@ -88,24 +87,15 @@ def evaluate_all(predict: Callable, variables: Any, data, *, batch_size: int, me
 def make_predict(model: Any) -> Callable[[Any, jax.Array], jax.Array]:
   """Jitted ``(variables, x) -> logits`` in eval mode (``train=False``: BatchNorm uses
   running statistics, dropout is off). ``variables`` is ``{"params": ..., **state}``."""
-  model = as_model(model)
-  return jax.jit(lambda variables, x: model.apply(variables, x, train=False).logits)
+  return jax.jit(eval_logits(model))
 
 
 def predict_in_batches(predict: Callable, params: Any, x, *, batch_size: int, mesh=None):
-  """Logits for all of ``x`` (NumPy), in batches sharded over ``mesh``'s data axis.
-
-  The last batch is padded to ``batch_size`` (so one program serves every batch)
-  and the padding is dropped. With several processes each feeds its slice of every
-  batch and receives all the logits.
+  """Logits for all of ``x`` (NumPy), in batches sharded over ``mesh``'s data axis
+  (:func:`kdjax.training._padding.map_in_batches`: the last batch padded, the padding
+  dropped). With several processes each feeds its slice of every batch and receives all
+  the logits.
   """
-  outputs = []
-  for start in range(0, len(x), batch_size):
-    xb = np.asarray(x[start:start + batch_size])
-    n = len(xb)
-    if n < batch_size:
-      xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
-    if mesh is not None:
-      xb = shard_batch(xb[host_slice(np.arange(batch_size))], mesh)
-    outputs.append(to_host(predict(params, xb))[:n])
-  return np.concatenate(outputs)
+  sharding = None if mesh is None else NamedSharding(mesh, P("data"))
+  return map_in_batches(lambda xb: predict(params, xb), x, batch_size=batch_size,
+                        sharding=sharding)

@@ -14,7 +14,7 @@ import concurrent.futures
 import numpy as np
 
 from kdjax import data as kd_data
-from kdjax.training._distributed import to_host
+from kdjax.training._padding import map_in_batches
 
 
 class FreshChunks:
@@ -44,8 +44,6 @@ class FreshChunks:
   def _targets(self, x: np.ndarray) -> np.ndarray:
     """Fused teacher targets ``[N, C]`` of global inputs ``x`` in batches of
     ``eval_batch_size`` (the last one zero-padded), one compiled program for the run."""
-    import jax
-
     from kdjax.training.teachers._cache import targets_program
     from kdjax.training.teachers._setup import fusion_weights
 
@@ -53,19 +51,12 @@ class FreshChunks:
       t = self.config.teacher
       self._program = targets_program(
           self.groups, mesh=self.mesh, space=t.fusion, weights=fusion_weights(t, self.groups),
-          temperature=t.fusion_temperature, strategy=t.get("member_strategy", "auto"))
+          temperature=t.fusion_temperature, strategy=t.member_strategy)
     run, variables, sharded = self._program
     devices = self.mesh.shape["data"]
     batch = max(self.config.eval_batch_size // devices, 1) * devices
-    out = []
-    for start in range(0, len(x), batch):
-      xb = x[start:start + batch]
-      rows = len(xb)
-      if rows < batch:
-        xb = np.concatenate([xb, np.zeros((batch - rows, *xb.shape[1:]), xb.dtype)])
-      xb = jax.make_array_from_callback(xb.shape, sharded, lambda index, xb=xb: xb[index])
-      out.append(np.asarray(to_host(run(variables, xb)), np.float32)[:rows])
-    return np.concatenate(out)
+    targets = map_in_batches(lambda xb: run(variables, xb), x, batch_size=batch, sharding=sharded)
+    return targets.astype(np.float32, copy=False)
 
   def _build(self, start: int, num: int) -> dict[str, np.ndarray]:
     x = self.stream.chunk(start, num)  # the global batches, [num, B, 40]

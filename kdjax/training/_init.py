@@ -43,7 +43,7 @@ def copy_teacher_state(model_state: dict, teacher_variables: dict,
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     out = []
     for path, leaf in leaves:
-      s_path = "/".join(str(getattr(k, "key", k)) for k in path)
+      s_path = jax.tree_util.keystr(path, simple=True, separator="/")
       s_mod, _, name = s_path.rpartition("/")
       t_leaf = teacher.get(f"{pairs[s_mod]}/{name}") if s_mod in pairs else None
       if t_leaf is not None and tuple(t_leaf.shape) == tuple(leaf.shape):

@@ -185,7 +185,7 @@ def load_training_data(config, objective, *, eval_batch_size: int) -> TrainingDa
   """The data of ``config.data`` (global batch sizes ``config.batch_size`` and
   ``eval_batch_size``)."""
   if config.data.source == "local":
-    splits = kd_data.load_dataset(config.data.name, **config.data.get("kwargs", {}),
+    splits = kd_data.load_dataset(config.data.name, **config.data.kwargs,
                                   val_size=config.data.val_size)
     x, y = load_training_inputs(config, splits, objective)
     return TrainingData(num_classes=splits["num_classes"], train_size=len(x),

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax import losses
-from kdjax.config import check_config, resolve_num_steps
+from kdjax.config import check_config, resolve_num_steps, with_defaults
 from kdjax.models import count_params
 from kdjax.training import _checkpoint as ckpt
 from kdjax.training import _distributed, _nonfinite, _padding, _precision, _sharding, _workdir
@@ -52,6 +52,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   start_time = time.time()
   check_config(config)
+  config = with_defaults(config)  # every field present: no .get(field, default) below
   workdir = pathlib.Path(workdir)
   changes = _workdir.check_resume(workdir, config)  # reads only
   _workdir.check_workdir(workdir)

@@ -27,14 +27,16 @@ import math
 import ml_collections
 import optax
 
+from kdjax.config import default_config, with_defaults
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "multistep")
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
 
 
 def _boundaries(config: ml_collections.ConfigDict, steps_per_epoch: int | None) -> list[int]:
-  steps = [int(b) for b in config.get("boundaries", ())]
-  epochs = list(config.get("boundary_epochs", ()))
+  steps = [int(b) for b in config.boundaries]
+  epochs = list(config.boundary_epochs)
   if steps and epochs:
     raise ValueError("Set optimizer.boundaries (steps) or optimizer.boundary_epochs, not both")
   if epochs:
@@ -64,8 +66,9 @@ def make_schedule(config: ml_collections.ConfigDict, num_steps: int, *,
   ``warmup_steps > 0`` with ``constant`` or ``multistep`` prepends the linear warmup
   (boundaries stay absolute steps).
   """
+  config = with_defaults(config, default_config().optimizer)
   lr = config.learning_rate
-  warmup = int(config.get("warmup_steps", 0))
+  warmup = int(config.warmup_steps)
   name = config.schedule
   if name == "warmup_cosine":
     if not 0 < warmup < num_steps:
@@ -79,7 +82,7 @@ def make_schedule(config: ml_collections.ConfigDict, num_steps: int, *,
   if name == "constant":
     main = optax.constant_schedule(lr)
   elif name == "multistep":
-    factor = config.get("decay_factor", 0.1)
+    factor = config.decay_factor
     main = optax.piecewise_constant_schedule(
         lr, {b - warmup: factor for b in _boundaries(config, steps_per_epoch)})
   else:
@@ -97,13 +100,15 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int, *,
   Fields: ``learning_rate``, ``schedule`` (:func:`make_schedule`), ``momentum`` and
   ``nesterov`` (sgd), ``weight_decay``, ``weight_decay_mode`` (``""``: the optimizer's
   own convention, ``"l2"`` or ``"decoupled"``), ``b1``/``b2``/``eps`` (adam, adamw),
-  ``grad_clip_norm`` (``> 0`` clips the global gradient norm first).
+  ``grad_clip_norm`` (``> 0`` clips the global gradient norm first). A field ``config``
+  does not set takes its value in ``default_config().optimizer``.
   """
+  config = with_defaults(config, default_config().optimizer)
   name = config.name
   if name not in OPTIMIZERS:
     raise ValueError(f"Unknown optimizer {name!r}; known optimizers: {list(OPTIMIZERS)}")
-  wd = float(config.get("weight_decay", 0.0))
-  mode = config.get("weight_decay_mode", "") or ("decoupled" if name == "adamw" else "l2")
+  wd = float(config.weight_decay)
+  mode = config.weight_decay_mode or ("decoupled" if name == "adamw" else "l2")
   if mode not in WEIGHT_DECAY_MODES:
     raise ValueError(f"Unknown optimizer.weight_decay_mode {mode!r}; known: {list(WEIGHT_DECAY_MODES)}")
   if name == "adamw" and mode != "decoupled":
@@ -111,14 +116,14 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int, *,
                      "optimizer.name='adam' with weight_decay_mode='l2'")
   if wd < 0 or not math.isfinite(wd):
     raise ValueError(f"optimizer.weight_decay must be >= 0, got {wd}")
-  momentum = float(config.get("momentum", 0.0))
+  momentum = float(config.momentum)
   if name == "sgd":
-    moments = optax.trace(decay=momentum, nesterov=bool(config.get("nesterov", False)))
+    moments = optax.trace(decay=momentum, nesterov=bool(config.nesterov))
   else:
-    moments = optax.scale_by_adam(b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
-                                  eps=config.get("eps", 1e-8))
+    moments = optax.scale_by_adam(b1=config.b1, b2=config.b2,
+                                  eps=config.eps)
   parts = []
-  if config.get("grad_clip_norm", 0.0):
+  if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
   if wd and mode == "l2":
     parts.append(optax.add_decayed_weights(wd))

@@ -20,12 +20,15 @@ padding.
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+
+from kdjax.training._distributed import to_host
 
 
 def padded_size(rows: int, num_devices: int) -> int:
@@ -66,14 +69,6 @@ def pad_rows(batch: dict, size: int, *, axis: int = 0) -> dict:
   mask = np.broadcast_to(mask.reshape((1,) * axis + (size,)), lead + (size,))
   out["mask"] = mask if "mask" not in batch else out["mask"] & mask
   return out
-
-
-def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """Mean of ``values [B]`` over the rows where ``mask [B]`` is ``True`` (all if ``None``)."""
-  values = jnp.asarray(values, jnp.float32)
-  if mask is None:
-    return jnp.mean(values)
-  return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
 @contextlib.contextmanager
@@ -160,3 +155,29 @@ def check_padding(*, batch_size: int, local_rows: int, mesh, model, model_state,
                    f"student's batch statistics (model state {sorted(model_state)}) can only "
                    "mask padded rows in linen nn.BatchNorm layers; use a batch_size divisible "
                    f"by {devices} (e.g. {sizes}) or --config.num_devices in {counts}")
+
+
+def map_in_batches(fn: Callable[[jax.Array], jax.Array], x, *, batch_size: int,
+                   sharding: NamedSharding | None = None) -> np.ndarray:
+  """``fn`` over all rows of ``x [N, ...]`` in batches of ``batch_size`` rows, as NumPy.
+
+  The last batch is zero-padded to ``batch_size`` (one compiled program serves every
+  batch) and the padded rows of the result are dropped. With ``sharding`` each batch is
+  placed with it from ``x``, the same global array on every process (each device takes
+  its rows), and every process receives all rows of the result; ``batch_size`` must then
+  divide over the sharded axis.
+
+  Returns:
+    ``concatenate([fn(x[i:i + batch_size]) ...])``: ``[N, ...]``.
+  """
+  outputs = []
+  for start in range(0, len(x), batch_size):
+    xb = np.asarray(x[start:start + batch_size])
+    rows = len(xb)
+    if rows < batch_size:
+      xb = np.concatenate([xb, np.zeros((batch_size - rows, *xb.shape[1:]), xb.dtype)])
+    if sharding is not None:
+      xb = jax.make_array_from_callback(xb.shape, sharding, lambda index, xb=xb: xb[index])
+    outputs.append(to_host(fn(xb))[:rows])
+  return np.concatenate(outputs)
+

@@ -32,14 +32,16 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from kdjax import data as kd_data
 
 MESH_AXES = ("data", "model")
 
 
 def make_mesh(axes: Mapping[str, int], num_devices: int = 0) -> Mesh:
-  """A mesh over the first ``num_devices`` devices (0: all) with ``axes`` in
-  :data:`MESH_AXES` order and Auto axis types (GSPMD propagates shardings).
+  """The training mesh (:func:`kdjax.data.make_mesh`) with ``axes`` in :data:`MESH_AXES`
+  order.
 
   Args:
     axes: ``{"data": n_data, "model": n_model}``; one size may be -1 (the rest of the
@@ -53,41 +55,11 @@ def make_mesh(axes: Mapping[str, int], num_devices: int = 0) -> Mesh:
     ValueError: an unknown axis, more than one -1, or sizes whose product is not the
       number of devices.
   """
-  devices = jax.devices()
-  if num_devices:
-    if num_devices > len(devices):
-      raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
-    devices = devices[:num_devices]
-  axes = dict(axes)
   unknown = set(axes) - set(MESH_AXES)
   if unknown:
     raise ValueError(f"config.mesh has unknown axis {sorted(unknown)}; mesh axes: {MESH_AXES}")
-  sizes = [int(axes.get(name, 1)) for name in MESH_AXES]
-  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"config.mesh={axes}: sizes must be positive, with at most one -1")
-  known = int(np.prod([s for s in sizes if s != -1]))
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"config.mesh={axes}: {len(devices)} devices are not divisible by {known}")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"config.mesh={axes} needs {int(np.prod(sizes))} devices but "
-                     f"{len(devices)} are used (set a size to -1 to take the rest)")
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,
-              axis_types=(AxisType.Auto,) * len(MESH_AXES))
-
-
-def path_name(path) -> str:
-  """``"a/b/c"`` from a ``jax.tree_util`` key path (dict keys, attributes, indices)."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
+  return kd_data.make_mesh({name: axes.get(name, 1) for name in MESH_AXES}, num_devices,
+                           name="config.mesh")
 
 
 def _check_rules(rules: Sequence, field: str) -> list[tuple[re.Pattern, Any]]:
@@ -165,7 +137,7 @@ def tree_shardings(tree: Any, rules: Sequence, mesh: Mesh, *, field: str = "rule
   checked = _check_rules(rules, field)
 
   def one(path, leaf):
-    name = path_name(path)
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
     for i, (pattern, spec) in enumerate(checked):
       if pattern.search(name):
         return NamedSharding(mesh, leaf_spec(spec, tuple(np.shape(leaf)), mesh,

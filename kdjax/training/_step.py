@@ -16,7 +16,7 @@ import optax
 from kdjax import losses
 from kdjax.models import as_model
 from kdjax.training._nonfinite import summarize_chunk
-from kdjax.training._padding import mask_batch_norm, masked_mean
+from kdjax.training._padding import mask_batch_norm
 from kdjax.training._state import TrainState
 from kdjax.training.teachers._apply import TeacherApply
 
@@ -85,9 +85,9 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
     )
     loss, metrics = objective(params["aux"], inputs, step=step)  # step: weight schedules
     if "y" in batch:
-      metrics["accuracy"] = masked_mean(jnp.argmax(student_logits, -1) == batch["y"], mask)
+      metrics["accuracy"] = losses.masked_mean(jnp.argmax(student_logits, -1) == batch["y"], mask)
     if teacher_logits is not None:
-      metrics["teacher_agreement"] = masked_mean(
+      metrics["teacher_agreement"] = losses.masked_mean(
           jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1), mask)
     return loss, (metrics, new_state)
 

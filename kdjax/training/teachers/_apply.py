@@ -10,7 +10,7 @@ member axis); the groups' logits are fused in the step:
 
 with ``fuse`` a (weighted) average in probability, logit or log-probability space
 (:mod:`kdjax.fusion`), fixed or fitted weights :math:`w` and the fusion temperature
-:math:`\tau` (the same targets as :func:`kdjax.training.teacher_log_probs`: a KD loss at
+:math:`\tau` (the same targets as :func:`kdjax.training.teacher_targets`: a KD loss at
 temperature :math:`\tau` sees the average of the members' *tempered* distributions). A
 single teacher is an ensemble of one, whose targets are its logits (and only it may return
 features).
@@ -53,11 +53,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from kdjax import ensemble, fusion
-from kdjax.models import as_model
-from kdjax.training.teachers._load import eval_apply_fn
+from kdjax.models import eval_apply, eval_logits
+from kdjax.training._padding import padded_size
 
 TeacherApply = Callable[[Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -70,17 +70,10 @@ def frozen_teacher_apply(teacher: Any, features=()) -> TeacherApply:
     teacher: a linen or NNX module, an ``apply_fn`` or a :class:`kdjax.models.Model`.
     features: the feature paths to return (``objective.teacher_features``).
   """
-  teacher = as_model(teacher)
-  features = tuple(sorted(features))
-
-  def apply(variables, x):
-    logits, feats, _ = teacher.apply(variables, x, train=False, features=features)
-    return logits, feats
-
-  return apply
+  return eval_apply(teacher, features)
 
 
-MEMBER_STRATEGIES = ("auto", "vmap", "map", "loop")
+MEMBER_STRATEGIES = ensemble.STRATEGIES
 
 
 def fuse_member_logits(member_logits: jax.Array, *, space: str = "prob", weights=None,
@@ -110,19 +103,6 @@ def fuse_member_logits(member_logits: jax.Array, *, space: str = "prob", weights
   else:
     fused = fusion.weighted(tempered, jnp.asarray(weights, tempered.dtype), space=space)
   return fused * temperature
-
-
-def _run_members(apply_fn, stacked_variables, x, strategy: str) -> jax.Array:
-  """``[M, B, C]`` logits of one group's stacked members on ``x`` (inside ``jit``)."""
-  if strategy == "auto":  # measured in kdjax.ensemble.choose_strategy: lax.map on the CPU
-    strategy = "map" if jax.default_backend() == "cpu" else "vmap"
-  if strategy == "vmap":
-    return jax.vmap(apply_fn, in_axes=(0, None))(stacked_variables, x)
-  if strategy == "map":
-    return jax.lax.map(lambda v: apply_fn(v, x), stacked_variables)
-  size = jax.tree.leaves(stacked_variables)[0].shape[0]
-  return jnp.stack([apply_fn(jax.tree.map(lambda a, i=i: a[i], stacked_variables), x)
-                    for i in range(size)])
 
 
 def _group_weights(groups, weights) -> np.ndarray | None:
@@ -194,11 +174,11 @@ def make_teacher_apply(groups: Sequence, *, space: str = "prob", weights=None,
                        f"config.teacher gives an ensemble of {total} members ({workdirs}). "
                        "Use one teacher workdir, or logit-based losses with the ensemble")
   w = _group_weights(groups, weights)
-  apply_fns = tuple(eval_apply_fn(g.model) for g in groups)
+  apply_fns = tuple(eval_logits(g.model) for g in groups)
 
   def apply(variables, x):
     member_logits = jnp.concatenate([
-        _run_members(fn, {"params": p, **s}, x, strategy)
+        ensemble.apply(fn, {"params": p, **s}, x, strategy=strategy)
         for fn, p, s in zip(apply_fns, variables["params"], variables["model_state"])])
     return fuse_member_logits(member_logits, space=space, weights=w, temperature=temperature), {}
 
@@ -237,19 +217,13 @@ def read_fitted_weights(report: str, workdirs: Sequence[str], *, space: str) -> 
   return tuple((w / w.sum()).tolist())
 
 
-def _padded_size(size: int, shards: int) -> int:
-  return -(-size // shards) * shards
-
-
 def sharded_teacher_variables(groups: Sequence, mesh: Mesh, member_axis: str):
   """Every group's stacked variables padded to a multiple of the axis size (repeating
-  members) and placed with the member axis split over ``member_axis``."""
-  shards = mesh.shape[member_axis]
-  padded = [ensemble.take_members(g.variables, np.arange(_padded_size(g.size, shards)) % g.size)
-            for g in groups]
-  variables = {"params": tuple(v["params"] for v in padded),
-               "model_state": tuple({k: a for k, a in v.items() if k != "params"} for v in padded)}
-  return jax.device_put(variables, NamedSharding(mesh, P(member_axis)))
+  members) and placed with the member axis split over ``member_axis``
+  (:func:`kdjax.ensemble.shard_stacked`)."""
+  placed = [ensemble.shard_stacked(g.variables, mesh, member_axis) for g in groups]
+  return {"params": tuple(v["params"] for v in placed),
+          "model_state": tuple({k: a for k, a in v.items() if k != "params"} for v in placed)}
 
 
 def make_sharded_teacher_apply(groups: Sequence, *, mesh: Mesh, member_axis: str,
@@ -277,12 +251,15 @@ def make_sharded_teacher_apply(groups: Sequence, *, mesh: Mesh, member_axis: str
   w = np.full(total, 1.0 / total) if w is None else w
   group_w, start = [], 0
   for g in groups:  # group order; padding copies get weight 0
-    wg = np.zeros(_padded_size(g.size, shards), np.float32)
+    wg = np.zeros(padded_size(g.size, shards), np.float32)
     wg[:g.size] = w[start:start + g.size]
     group_w.append(wg)
     start += g.size
-  apply_fns = tuple(eval_apply_fn(g.model) for g in groups)
+  apply_fns = tuple(eval_logits(g.model) for g in groups)
   gather = member_axis == data_axis
+  # Each device runs its members (kdjax.ensemble.apply) and the fusion is reduced across
+  # the member axis (psum of weighted probabilities, or of weighted logits): the [M, B, C]
+  # member logits are never gathered, as kdjax.ensemble.sharded_apply would return them.
 
   def body(params, states, x):
     k = jax.lax.axis_index(member_axis)
@@ -290,7 +267,7 @@ def make_sharded_teacher_apply(groups: Sequence, *, mesh: Mesh, member_axis: str
     logits, local_w = [], []
     for fn, p, s, wg in zip(apply_fns, params, states, group_w):
       per = len(wg) // shards
-      logits.append(_run_members(fn, {"params": p, **s}, x_all, strategy))
+      logits.append(ensemble.apply(fn, {"params": p, **s}, x_all, strategy=strategy))
       local_w.append(jax.lax.dynamic_slice_in_dim(jnp.asarray(wg), k * per, per))
     z = jnp.concatenate(logits).astype(jnp.float32) / temperature
     lw = jnp.concatenate(local_w)[:, None, None]

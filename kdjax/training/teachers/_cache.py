@@ -33,14 +33,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from kdjax.data import make_data_mesh
+from kdjax.training._padding import map_in_batches
 from kdjax.training.teachers._apply import (make_sharded_teacher_apply, make_teacher_apply,
                                             sharded_teacher_variables, teacher_variables)
 
 CACHE_ENV = "KDJAX_CACHE_DIR"
-
-
-def _data_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ("data",))
 
 
 def targets_program(groups: Sequence, *, mesh: Mesh, data_axis: str = "data", space: str = "prob",
@@ -92,28 +90,15 @@ def teacher_targets(groups: Sequence, x: np.ndarray, *, mesh: Mesh | None = None
     ``[N, C]`` float32 NumPy array, all ``N`` rows on every process (gathered from the
     processes' shards when there are several).
   """
-  mesh = _data_mesh() if mesh is None else mesh
+  mesh = make_data_mesh() if mesh is None else mesh
   run, variables, sharded = targets_program(groups, mesh=mesh, data_axis=data_axis, space=space,
                                             weights=weights, temperature=temperature,
                                             strategy=strategy, member_axis=member_axis)
   devices = mesh.shape[data_axis]
-  n = len(x)
-  batch = min(max(batch_size // devices, 1), -(-n // devices)) * devices
-  outputs = []
-  for start in range(0, n, batch):
-    xb = np.asarray(x[start:start + batch])
-    rows = len(xb)
-    if rows < batch:
-      xb = np.concatenate([xb, np.zeros((batch - rows, *xb.shape[1:]), xb.dtype)])
-    xb = jax.make_array_from_callback(xb.shape, sharded, lambda index, xb=xb: xb[index])
-    out = run(variables, xb)
-    if jax.process_count() > 1:
-      out = multihost_utils.process_allgather(out, tiled=True)
-    outputs.append(np.asarray(out, np.float32)[:rows])
-  return np.concatenate(outputs)
+  batch = min(max(batch_size // devices, 1), -(-len(x) // devices)) * devices
+  targets = map_in_batches(lambda xb: run(variables, xb), x, batch_size=batch, sharding=sharded)
+  return targets.astype(np.float32, copy=False)
 
-
-teacher_log_probs = teacher_targets  # the name kdjax.training exported first
 
 
 # ----------------------------------------------------------------------------- disk cache

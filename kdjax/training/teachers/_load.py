@@ -23,7 +23,6 @@ path and shape) before training starts.
 """
 
 import dataclasses
-import functools
 import json
 import pathlib
 from typing import Any
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from kdjax.models import as_model, get_model
+from kdjax.models import as_model, eval_logits, get_model
 from kdjax.training._checkpoint import load_variables
 
 
@@ -125,7 +124,7 @@ def load_teacher_groups(teacher_config, *, num_classes: int, sample_x) -> list[T
   Raises:
     ValueError: if both or neither are given, or ``model.name`` is missing.
   """
-  params_file = teacher_config.get("params_file", "")
+  params_file = teacher_config.params_file
   if not params_file:
     return load_teachers(teacher_config.workdir, num_classes=num_classes)
   if teacher_config.workdir:
@@ -141,14 +140,6 @@ def load_teacher_groups(teacher_config, *, num_classes: int, sample_x) -> list[T
                                 num_classes=num_classes)
   return [TeacherGroup(model=model, variables=jax.tree.map(lambda a: a[None], variables),
                        workdirs=(str(params_file),), indices=(0,))]
-
-
-@functools.lru_cache(maxsize=64)
-def eval_apply_fn(model: Any):
-  """``(variables, x) -> logits`` in eval mode, one function object per model (so
-  :mod:`kdjax.ensemble`'s jitted calls are compiled once per architecture)."""
-  adapter = as_model(model)
-  return lambda variables, x: adapter.apply(variables, x, train=False).logits
 
 
 def single_teacher(groups: list[TeacherGroup]) -> tuple[nn.Module, Any]:
@@ -251,9 +242,8 @@ def check_teachers_take(groups, sample_x) -> None:
   for group in groups:
     variables = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
                              group.variables)  # one member: drop the member axis
-    model = as_model(group.model)
     try:
-      jax.eval_shape(lambda v, x, m=model: m.apply(v, x, train=False).logits, variables, spec)
+      jax.eval_shape(eval_logits(group.model), variables, spec)
     except Exception as e:  # flax raises shape errors of several types
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise ValueError(f"Teacher {', '.join(group.workdirs)} cannot take the student's inputs "

@@ -124,7 +124,7 @@ def fusion_weights(teacher_config, groups) -> tuple | None:
   Raises:
     ValueError: if both are set.
   """
-  fitted = teacher_config.get("fitted_weights", "")
+  fitted = teacher_config.fitted_weights
   if fitted and teacher_config.weights:
     raise ValueError("Set config.teacher.weights or config.teacher.fitted_weights, not both "
                      f"(got {tuple(teacher_config.weights)} and {fitted!r})")
@@ -137,11 +137,11 @@ def fusion_weights(teacher_config, groups) -> tuple | None:
 def _data_identity(config) -> dict:
   """Names the inputs (the cache key also fingerprints their bytes)."""
   as_dict = lambda c: c.to_dict() if hasattr(c, "to_dict") else dict(c or {})  # noqa: E731
-  return {"name": config.data.name, "kwargs": as_dict(config.data.get("kwargs")),
-          "val_size": config.data.get("val_size", 0),
-          "transfer": as_dict(config.get("transfer")),
+  return {"name": config.data.name, "kwargs": as_dict(config.data.kwargs),
+          "val_size": config.data.val_size,
+          "transfer": as_dict(config.transfer),
           # the teacher's compute dtype changes its targets (kdjax.training._precision)
-          "teacher_dtype": config.teacher.get("dtype", "") or config.get("dtype", "")}
+          "teacher_dtype": config.teacher.dtype or config.dtype}
 
 
 def prepare_teachers(config, groups, *, objective, train_x: np.ndarray, workdir, mesh: Mesh,
@@ -154,8 +154,8 @@ def prepare_teachers(config, groups, *, objective, train_x: np.ndarray, workdir,
   t = config.teacher
   weights = fusion_weights(t, groups)
   common = {"space": t.fusion, "weights": weights, "temperature": t.fusion_temperature,
-            "strategy": t.get("member_strategy", "auto")}
-  member_axis = t.get("member_axis", "")
+            "strategy": t.member_strategy}
+  member_axis = t.member_axis
   if not t.cache or objective.teacher_features or objective.needs_params:
     apply = make_teacher_apply(groups, features=objective.teacher_features,
                                needs_params=objective.needs_params, **common)
@@ -169,10 +169,10 @@ def prepare_teachers(config, groups, *, objective, train_x: np.ndarray, workdir,
                                else variable_shardings(variables))
     return TeacherSetup(apply=apply, variables=variables)
   common["member_axis"] = member_axis
-  if not t.get("disk_cache", True):
+  if not t.disk_cache:
     return TeacherSetup(targets=teacher_targets(groups, train_x, mesh=mesh, data_axis=data_axis,
                                                 **common))
-  cache_dir = pathlib.Path(t.get("cache_dir", "") or default_cache_dir(workdir))
+  cache_dir = pathlib.Path(t.cache_dir or default_cache_dir(workdir))
   targets, info = cached_teacher_targets(groups, train_x, cache_dir=cache_dir,
                                          data=_data_identity(config), mesh=mesh,
                                          data_axis=data_axis, **common)
@@ -184,8 +184,8 @@ def teacher_test_scores(config, groups, split: dict, *, mesh: Mesh, data_axis: s
   targets = teacher_targets(groups, split["x"], mesh=mesh, data_axis=data_axis,
                             space=config.teacher.fusion,
                             weights=fusion_weights(config.teacher, groups),
-                            strategy=config.teacher.get("member_strategy", "auto"),
-                            member_axis=config.teacher.get("member_axis", ""))
+                            strategy=config.teacher.member_strategy,
+                            member_axis=config.teacher.member_axis)
   return {"accuracy": float(metrics.accuracy(targets, split["y"])),
           "nll": float(metrics.nll(targets, split["y"])),
           "members": sum(g.size for g in groups)}
