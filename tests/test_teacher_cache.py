@@ -15,7 +15,7 @@ from kdjax import ensemble
 from kdjax.models import get_model
 from kdjax.training import TeacherGroup
 from kdjax.training.teachers import _cache as tc
-from kdjax.training.teachers._load import eval_apply_fn
+from kdjax.models import eval_logits
 
 
 def _group(model, seeds, indices):
@@ -42,7 +42,7 @@ def member_axis_teacher_log_probs(groups, x, *, space="prob", weights=None, temp
   for start in range(0, len(x), batch_size):
     xb = jnp.asarray(x[start:start + batch_size])
     member_logits = jnp.concatenate([
-        ensemble.sharded_apply(eval_apply_fn(g.model), g.variables, xb, mesh=member_mesh)
+        ensemble.sharded_apply(eval_logits(g.model), g.variables, xb, mesh=member_mesh)
         for g in groups])[order] / temperature
     if member_logits.shape[0] == 1:
       fused = member_logits[0]
