@@ -22,6 +22,7 @@ last checkpoint).
 import os
 import re
 import sys
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -179,7 +180,6 @@ def _quiet_exit(message: str, code: int) -> None:
   """Prints ``message`` as the process's last line: later log records (orbax's threads,
   asyncio at shutdown) and warnings are silenced."""
   import logging as std_logging
-  import warnings
 
   std_logging.disable(std_logging.CRITICAL)
   logging.set_verbosity(logging.FATAL)
@@ -196,9 +196,28 @@ def _interrupted_at(workdir: str | None) -> str:
   return f"interrupted at step {_workdir.latest_step(pathlib.Path(workdir))}"
 
 
+def _drop_closed_loop_callbacks(previous):
+  """A ``sys.unraisablehook`` that drops ``RuntimeError: Event loop is closed``: tensorstore's
+  callbacks of an orbax restore that failed (a damaged checkpoint) fire after orbax closed
+  its asyncio loop, each an unraisable exception with a traceback (hundreds of lines for
+  nothing a user can act on). Every other one goes to ``previous``."""
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  return hook
+
+
 def run(argv: list[str] | None = None) -> None:
   """Console-script entry point."""
+  sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
   argv = list(sys.argv if argv is None else argv)
+  command_name = argv[1] if len(argv) > 1 else ""
+  warnings.formatwarning = lambda message, category, *_: (  # one line a warning
+      f"kdjax {command_name}: warning: {category.__name__}: {_one_line(message)}\n")
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
     print(_overview())
     sys.exit(0)

@@ -135,3 +135,24 @@ def test_smoke_variants_that_need_a_teacher_say_so():
     needing.append(name)
     assert "The smoke variant needs a teacher" in module.__doc__, name
   assert "mnist1d/kd_cnn_to_mlp.py" in needing and len(needing) >= 10
+
+
+def test_damaged_teacher_checkpoints_are_a_few_lines_ending_with_the_error(teacher_dir, tmp_path):
+  """Every teacher checkpoint damaged: one warning line per step, then the error, as the
+  last line; none of the tracebacks that orbax's failed restores leave behind."""
+  import shutil
+  damaged = tmp_path / "teacher"
+  shutil.copytree(teacher_dir, damaged)
+  for f in (damaged / "checkpoints").rglob("*"):
+    if f.is_file() and "ocdbt" in str(f):
+      f.write_bytes(b"\0" * 20)
+  steps = sorted(p.name for p in (damaged / "checkpoints").iterdir() if p.name.isdigit())
+  result = cli("train", "--config", "configs/mnist1d/kd_cnn_to_mlp.py:smoke", "--workdir",
+               str(tmp_path / "kd"), f"--config.teacher.workdir={damaged}")
+  lines = result.stderr.splitlines()
+  assert result.returncode == 1
+  assert lines[-1].startswith("kdjax train: error: ValueError: every checkpoint in ")
+  assert not any("Traceback" in l or "Event loop is closed" in l for l in lines), result.stderr
+  warned = [l for l in lines if l.startswith("kdjax train: warning: DamagedCheckpointWarning: "
+                                             "checkpoint step ")]
+  assert len(warned) == len(steps) and len(lines) <= 2 * len(steps) + 1, result.stderr
