@@ -13,6 +13,7 @@ data) prepares the next blocks.
 """
 
 import copy
+import dataclasses
 import functools
 import json
 import pathlib
@@ -39,6 +40,34 @@ from kdjax.training._progress import Progress
 from kdjax.training._step import make_train_chunk
 from kdjax.training.teachers._load import model_from_config
 from kdjax.training.teachers._setup import setup_teachers
+
+
+@dataclasses.dataclass(frozen=True)
+class Intervals:
+  """When the loop logs, evaluates and checkpoints (steps counted from 0, also after a
+  resume): interval ends are the multiples of ``log_every`` and ``num_steps``; a jitted call
+  runs ``per_call`` steps."""
+
+  num_steps: int
+  log_every: int
+  per_call: int
+  eval_every: int
+  checkpoint_every: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Intervals":
+    return cls(num_steps=int(config.num_steps), log_every=int(config.log_every),
+               per_call=int(config.steps_per_call or config.log_every),
+               eval_every=int(config.eval_every), checkpoint_every=int(config.checkpoint_every))
+
+  def interval_end(self, step: int) -> int:
+    return min((step // self.log_every + 1) * self.log_every, self.num_steps)
+
+  def evaluates(self, step: int) -> bool:
+    return step % self.eval_every == 0 or step == self.num_steps
+
+  def checkpoints(self, step: int) -> bool:
+    return step % self.checkpoint_every == 0 or step == self.num_steps
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -71,6 +100,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, changes: di
   data = load_training_data(config, objective, eval_batch_size=eval_batch)
   config = copy.deepcopy(config)
   config.num_steps = resolve_num_steps(config, data.train_size)
+  every = Intervals.from_config(config)
   model = _precision.with_compute_dtype(
       model_from_config(config.model.to_dict(), data.num_classes), config.dtype)
   sample_x = jnp.asarray(data.sample_x)
@@ -118,38 +148,35 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, changes: di
   train_chunk = _sharding.KeepCompiled(train_chunk)  # for XLA's memory analysis
   predict = make_predict(model)
   inputs = make_batches(data, config, mesh=mesh, teacher_cache=teachers.cache, state=data_state)
-  per_call = config.steps_per_call or config.log_every
   if config.transfer.fresh:  # new generated inputs every step (kdjax.training._fresh)
     inputs.close()
     inputs = FreshChunks(config, teachers, mesh=mesh)
 
   progress = Progress(total=config.num_steps, initial=start_step, enabled=config.progress_bar,
-                      desc=workdir.name)
+                      desc="/".join(workdir.parts[-2:]))
   step, held_out = start_step, {}
   preemption = PreemptionGuard().install()  # SIGTERM: checkpoint at the next chunk boundary
   try:
-    while step < config.num_steps:
-      # Intervals end at multiples of log_every from step 0, also after a resume.
-      end = min((step // config.log_every + 1) * config.log_every, config.num_steps)
-      calls = []
+    while step < every.num_steps:
+      end, calls = every.interval_end(step), []
       while step < end:  # dispatched back to back: no host sync inside a logging interval
-        num = min(per_call, end - step)
+        num = min(every.per_call, end - step)
         state, call_metrics = train_chunk(state, inputs.chunk(step, num), teachers.variables)
         calls.append((step, num, call_metrics))
         step += num
       # Raises before logging or saving a non-finite chunk; the last good checkpoint stays.
       train = merge_calls(calls, policy=config.on_nonfinite)
       record = {"step": step, **{f"train/{k}": v for k, v in train.items()}}
-      if step % config.eval_every == 0 or step == config.num_steps:
+      if every.evaluates(step):
         held_out = evaluate(predict, state.student_variables())
         for split, result in held_out.items():
           record.update({f"{split}/{k}": v for k, v in result.items()})
       log.write(record)
       progress.update(sum(num for _, num, _ in calls), record)
-      if step % config.checkpoint_every == 0 or step == config.num_steps or preemption.requested:
+      if every.checkpoints(step) or preemption.requested:
         ckpt.save(manager, step, state, force=preemption.requested,
                   data_state=inputs.get_state())
-      if preemption.requested and step < config.num_steps:
+      if preemption.requested and step < every.num_steps:
         raise Preempted(step, str(workdir), preemption.signal_name)
   finally:  # also on errors: a save in flight completes
     preemption.uninstall()
