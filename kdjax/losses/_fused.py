@@ -52,6 +52,13 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
   two projections again: 6 instead of 4 ``N d V`` matmuls (8 instead of 6 when the teacher's
   gradients are asked for too; unrequested ones are pruned by XLA).
 
+  Low-precision inputs (bfloat16, float16) stay low precision in the matmuls, which
+  accumulate in float32 (``preferred_element_type``); logits, softmax statistics, values
+  and the gradient accumulators are float32, and the gradients are cast to the inputs'
+  dtypes once at the end (the head gradients thus take a float32 ``[d, V]`` buffer each).
+  As in the unfused divergence after ``autodiff``, the logit cotangent is rounded to the
+  inputs' dtype before the backward matmuls.
+
   Sharded inputs need nothing extra: under ``jit`` with hidden states sharded over tokens
   and heads over the vocabulary (``P(None, "model")``), the softmax normalisers are exact
   reductions across vocabulary shards (XLA inserts the all-reduces). The chunk layout
@@ -72,7 +79,8 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
     **divergence_kwargs: e.g. ``beta`` for ``generalized_jsd``, ``alpha`` for the skews.
 
   Returns:
-    ``[N]`` per-token values, float32 (float64 for float64 inputs).
+    ``[N]`` per-token values, float32 (float64 for float64 inputs); ``N = 0`` tokens give
+    an empty ``[0]`` array, as the unfused divergence does on ``[0, V]`` logits.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -108,10 +116,13 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
     raise ValueError(f"{fn}: chunk_size must be a positive int, got {chunk_size!r}")
   _checks.check_positive(fn, "temperature", temperature)
   n = hs.shape[0]
+  acc = _checks.compute_dtype(hs, ws, ht, wt)  # float32, or float64 for float64 inputs
   if where is not None:
     where = _checks.check_where(fn, where, (n,), "the tokens (student_hidden.shape[0])")
     hs = jnp.where(where[:, None], hs, 0)  # select: NaN rows never reach a matmul
     ht = jnp.where(where[:, None], ht, 0)
+  if n == 0:  # no chunks to form; the gradient of an empty result is zero
+    return jnp.zeros((0,), acc)
 
   c = min(chunk_size, n)
   chunks = -(-n // c)
@@ -130,23 +141,28 @@ def fused_distillation_loss(student_hidden: jax.Array, student_head: jax.Array,
   v_blocks = _vocab_blocks(ws.shape[1], max(ws.shape[0], wt.shape[0]), c)
   rule = None if traced else _closed_form_rule(divergence, static)
   if rule is not None:
-    out = _chunked_closed_form(rule, static["temperature"], v_blocks)(hs_c, ws, ht_c, wt)
+    out = _chunked_closed_form(rule, static["temperature"], v_blocks, acc)(hs_c, ws, ht_c, wt)
   else:
-    out = _chunked(DIVERGENCES[divergence], static, v_blocks)(hs_c, ws, ht_c, wt, traced)
+    out = _chunked(DIVERGENCES[divergence], static, v_blocks, acc)(hs_c, ws, ht_c, wt, traced)
   out = out.swapaxes(0, 1).reshape(-1)[:n]
   if where is not None:
     out = jnp.where(where, out, 0.0)
   return out
 
 
-def _dot_t(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``a @ b.T`` without materialising ``b.T``."""
-  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+def _dot(a: jax.Array, b: jax.Array, acc: jnp.dtype) -> jax.Array:
+  """``a @ b``, accumulated and returned in ``acc``."""
+  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=acc)
 
 
-def _t_dot(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``a.T @ b`` without materialising ``a.T``."""
-  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+def _dot_t(a: jax.Array, b: jax.Array, acc: jnp.dtype) -> jax.Array:
+  """``a @ b.T`` without materialising ``b.T``, accumulated and returned in ``acc``."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=acc)
+
+
+def _t_dot(a: jax.Array, b: jax.Array, acc: jnp.dtype) -> jax.Array:
+  """``a.T @ b`` without materialising ``a.T``, accumulated and returned in ``acc``."""
+  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=acc)
 
 
 def _vocab_blocks(v: int, d: int, c: int) -> int:
@@ -170,8 +186,13 @@ def _chunk(x: jax.Array, i: jax.Array) -> jax.Array:
 def _block_grads(d_w: jax.Array, h: jax.Array, dz: jax.Array, w: jax.Array,
                  v_blocks: int) -> tuple[jax.Array, jax.Array]:
   """``(dz @ w^T, d_w + h^T dz)`` over ``v_blocks`` interleaved vocabulary blocks, ``d_w``
-  updated in place; ``dz`` is read only here, so XLA materialises it once."""
+  updated in place; ``dz`` is read only here, so XLA materialises it once.
+
+  ``dz`` is rounded to the matmul operands' dtype (``h`` and ``w``); the products
+  accumulate in ``d_w``'s dtype, which is also the dtype of ``dz @ w^T``."""
   d, v = d_w.shape
+  acc = d_w.dtype
+  dz = dz.astype(jnp.result_type(h.dtype, w.dtype))
   d_w3, w3 = d_w.reshape(d, v // v_blocks, v_blocks), w.reshape(d, v // v_blocks, v_blocks)
   dz3 = dz.reshape(-1, v // v_blocks, v_blocks)
   take = lambda x, j: jax.lax.dynamic_index_in_dim(x, j, axis=2, keepdims=False)
@@ -179,10 +200,11 @@ def _block_grads(d_w: jax.Array, h: jax.Array, dz: jax.Array, w: jax.Array,
   def block(j, carry):
     d_h, d_w3 = carry
     dz_j = take(dz3, j)
-    upd = _t_dot(h, dz_j) + take(d_w3, j)
-    return d_h + _dot_t(dz_j, take(w3, j)), jax.lax.dynamic_update_index_in_dim(d_w3, upd, j, 2)
+    upd = _t_dot(h, dz_j, acc) + take(d_w3, j)
+    return (d_h + _dot_t(dz_j, take(w3, j), acc),
+            jax.lax.dynamic_update_index_in_dim(d_w3, upd, j, 2))
 
-  d_h, d_w3 = jax.lax.fori_loop(0, v_blocks, block, (jnp.zeros_like(h), d_w3))
+  d_h, d_w3 = jax.lax.fori_loop(0, v_blocks, block, (jnp.zeros(h.shape, acc), d_w3))
   return d_h, d_w3.reshape(d, v)
 
 
@@ -254,17 +276,22 @@ def _closed_form_rule(divergence: str,
   return None
 
 
-def _chunked_closed_form(rule: Callable, temperature: float,
-                         v_blocks: int) -> Callable[..., jax.Array]:
+def _chunked_closed_form(rule: Callable, temperature: float, v_blocks: int,
+                         acc: jnp.dtype) -> Callable[..., jax.Array]:
   """Like :func:`_chunked` for a :func:`_closed_form_rule`: the forward pass saves ``[N]``
   statistics (both log-normalisers at temperature ``T``), the backward pass rebuilds the
   log-probabilities from them and applies the closed-form gradient, without a second pass
-  through the divergence."""
+  through the divergence. Logits, statistics and gradient accumulators are ``acc``."""
   t = float(np.asarray(temperature))
   value_fn, grads_fn, power = rule  # the divergence is T**power * value(s / T, t / T)
 
   def log_probs(h_s, w_s, h_t, w_t, lse=None):
-    z_s, z_t = (h_s / t) @ w_s, (h_t / t) @ w_t  # scale [c, d], not [c, V]
+    if t == 1.0:
+      z_s, z_t = _dot(h_s, w_s, acc), _dot(h_t, w_t, acc)
+    elif jnp.dtype(h_s.dtype) == acc and jnp.dtype(h_t.dtype) == acc:
+      z_s, z_t = _dot(h_s / t, w_s, acc), _dot(h_t / t, w_t, acc)  # scale [c, d], not [c, V]
+    else:  # h / T in bfloat16 would round: scale the float32 logits instead
+      z_s, z_t = _dot(h_s, w_s, acc) / t, _dot(h_t, w_t, acc) / t
     if lse is None:
       lse = (jax.nn.logsumexp(z_s, axis=-1), jax.nn.logsumexp(z_t, axis=-1))
     return z_s - lse[0][:, None], z_t - lse[1][:, None], lse
@@ -300,28 +327,32 @@ def _chunked_closed_form(rule: Callable, temperature: float,
       d_ht = jax.lax.dynamic_update_index_in_dim(d_ht, dh_t, i, axis=1)
       return (d_hs, d_ws, d_ht, d_wt)
 
-    init = tuple(jax.tree.map(jnp.zeros_like, (hs_c, ws, ht_c, wt)))
-    return jax.lax.fori_loop(0, hs_c.shape[1], body, init)
+    primals = (hs_c, ws, ht_c, wt)
+    init = tuple(jnp.zeros(x.shape, acc) for x in primals)
+    grads = jax.lax.fori_loop(0, hs_c.shape[1], body, init)
+    return tuple(d.astype(x.dtype) for d, x in zip(grads, primals))
 
   f.defvjp(fwd, bwd)
   return f
 
 
-def _chunked(div: Callable[..., jax.Array], static: dict[str, Any],
-             v_blocks: int) -> Callable[..., jax.Array]:
+def _chunked(div: Callable[..., jax.Array], static: dict[str, Any], v_blocks: int,
+             acc: jnp.dtype) -> Callable[..., jax.Array]:
   """Per-token ``div`` of ``[c, chunks, d]`` hidden states, token chunk ``i`` = ``[:, i]``.
 
   The custom VJP saves nothing but the inputs; its backward pass recomputes each chunk's
   logits once, takes the divergence's VJP on the chunk, writes the chunk's hidden-state
   gradient in place and adds ``h^T dz`` to the head gradient one interleaved vocabulary
   block (columns ``j, j + b, ...``) at a time, so no ``[d, V]`` temporary besides the
-  gradient itself, which XLA keeps in the output buffer.
+  gradient itself, which XLA keeps in the output buffer. Logits and gradient accumulators
+  are ``acc``.
   """
 
   @jax.custom_vjp
   def f(hs_c, ws, ht_c, wt, traced):
     def body(_, i):
-      return None, div(_chunk(hs_c, i) @ ws, _chunk(ht_c, i) @ wt, **static, **traced)
+      z_s, z_t = _dot(_chunk(hs_c, i), ws, acc), _dot(_chunk(ht_c, i), wt, acc)
+      return None, div(z_s, z_t, **static, **traced)
     return jax.lax.scan(body, None, jnp.arange(hs_c.shape[1]))[1]
 
   def fwd(hs_c, ws, ht_c, wt, traced):
@@ -333,7 +364,7 @@ def _chunked(div: Callable[..., jax.Array], static: dict[str, Any],
     def body(i, carry):
       d_hs, d_ws, d_ht, d_wt, d_traced = carry
       h_s, h_t = _chunk(hs_c, i), _chunk(ht_c, i)
-      z_s, z_t = h_s @ ws, h_t @ wt  # the chunk's logits, recomputed once
+      z_s, z_t = _dot(h_s, ws, acc), _dot(h_t, wt, acc)  # the chunk's logits, recomputed once
       _, vjp = jax.vjp(lambda a, b, p: div(a, b, **static, **p), z_s, z_t, traced)
       dz_s, dz_t, dp = vjp(g[i])
       dh_s, d_ws = _block_grads(d_ws, h_s, dz_s, ws, v_blocks)
@@ -343,8 +374,10 @@ def _chunked(div: Callable[..., jax.Array], static: dict[str, Any],
       return (d_hs, d_ws, d_ht, d_wt,
               jax.tree.map(jnp.add, d_traced, dp))
 
-    init = tuple(jax.tree.map(jnp.zeros_like, (hs_c, ws, ht_c, wt, traced)))
-    return jax.lax.fori_loop(0, hs_c.shape[1], body, init)
+    primals = (hs_c, ws, ht_c, wt)
+    init = (*(jnp.zeros(x.shape, acc) for x in primals), jax.tree.map(jnp.zeros_like, traced))
+    *grads, d_traced = jax.lax.fori_loop(0, hs_c.shape[1], body, init)
+    return (*(d.astype(x.dtype) for d, x in zip(grads, primals)), d_traced)
 
   f.defvjp(fwd, bwd)
   return f
