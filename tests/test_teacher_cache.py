@@ -119,6 +119,12 @@ def test_disk_cache_is_reused_and_a_new_key_recomputes(groups, tmp_path, monkeyp
       groups[1], variables=jax.tree.map(lambda a: a + 1e-3, groups[1].variables))]
   _, info4 = _cached(retrained, tmp_path)
   assert not info4["reused"] and len(calls) == 3
+  # Same params, a model setting that changes the outputs (the compute dtype): recomputed.
+  bf16 = [groups[0], dataclasses.replace(groups[1], model=get_model(
+      "mlp", num_classes=10, hidden=(16, 16), dtype=jnp.bfloat16))]
+  targets5, info5 = _cached(bf16, tmp_path)
+  assert not info5["reused"] and info5["path"] != info["path"] and len(calls) == 4
+  assert not np.allclose(targets5, first, rtol=0, atol=1e-6)  # the outputs do differ
 
 
 def test_damaged_cache_file_is_recomputed_with_a_warning(groups, tmp_path):

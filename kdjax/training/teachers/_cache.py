@@ -18,6 +18,7 @@ Both are written to a temporary name and renamed (``os.replace``, atomic on POSI
 process killed mid-write never leaves a partial file under the final name.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -127,15 +128,43 @@ def _newest_step(workdir: str) -> int | None:
   return max(steps) if steps else None
 
 
+def model_identity(model: Any) -> Any:
+  """A JSON-ready description of a model that equals for two models exactly when their
+  settings do: a dataclass (every linen module, kdjax's model wrappers) by its class and
+  fields (``parent`` and ``name`` left out), recursively; a function by its module and
+  name; a dtype by its name (a scalar type such as ``jnp.bfloat16`` is a class). Settings that change the outputs but not the parameters
+  (a compute dtype, an activation) are in it."""
+  if isinstance(model, type):
+    return f"{model.__module__}.{model.__qualname__}"
+  if dataclasses.is_dataclass(model):
+    fields = {f.name: model_identity(getattr(model, f.name)) for f in dataclasses.fields(model)
+              if f.name not in ("parent", "name")}
+    return {"class": model_identity(type(model)), "fields": fields}
+  if isinstance(model, (list, tuple)):
+    return [model_identity(v) for v in model]
+  if isinstance(model, dict):
+    return {str(k): model_identity(v) for k, v in sorted(model.items(), key=lambda kv: str(kv[0]))}
+  if isinstance(model, (str, int, float, bool)) or model is None:
+    return model
+  if isinstance(model, np.dtype):
+    return str(model)
+  if callable(model):
+    fn = getattr(model, "__wrapped__", model)
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+  return repr(model)
+
+
 def teacher_identity(groups: Sequence) -> list[dict]:
-  """Per member, in the order the teachers were given: its path, newest checkpoint step
-  and a fingerprint of its variables."""
+  """Per member, in the order the teachers were given: its path, newest checkpoint step,
+  a fingerprint of its variables and its model's settings (:func:`model_identity`)."""
   members = []
   for g in groups:
+    model = model_identity(g.model)
     for i, (workdir, index) in enumerate(zip(g.workdirs, g.indices)):
       member = jax.tree.map(lambda leaf, i=i: leaf[i], g.variables)
       members.append({"index": int(index), "path": str(pathlib.Path(workdir).absolute()),
-                      "step": _newest_step(workdir), "fingerprint": _fingerprint(member)})
+                      "step": _newest_step(workdir), "fingerprint": _fingerprint(member),
+                      "model": model})
   return sorted(members, key=lambda m: m["index"])
 
 
