@@ -139,8 +139,9 @@ def reliability_diagram(logits: jax.Array, labels: jax.Array, path: str, *,
                         num_bins: int = 15, title: str | None = None) -> dict:
   """Writes a reliability diagram (accuracy vs confidence per bin) as a PNG at ``path``.
 
-  Draws on matplotlib's Agg canvas (no display; pyplot's backend is untouched). Bars show each bin's accuracy, the diagonal
-  perfect calibration; the title gives the ECE.
+  Draws on matplotlib's Agg canvas (no display; pyplot's backend is untouched). Bars show
+  each bin's accuracy, each labelled with its number of examples (a bin of three examples
+  says little); the diagonal is perfect calibration; the title gives the ECE.
 
   Returns:
     ``{"ece", "count", "accuracy", "confidence"}`` (per-bin NumPy arrays; empty bins NaN).
@@ -161,6 +162,10 @@ def reliability_diagram(logits: jax.Array, labels: jax.Array, path: str, *,
   ax = fig.add_subplot()
   ax.bar(edges[:-1], np.nan_to_num(acc), width=1.0 / num_bins, align="edge",
          edgecolor="black", label="accuracy")
+  for left, a, n in zip(edges[:-1], np.nan_to_num(acc), count):
+    if n:
+      ax.text(left + 0.5 / num_bins, min(a + 0.01, 0.97), f"{int(n)}", ha="center",
+              va="bottom", fontsize=6, rotation=90)
   ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
   ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
          title=title or f"ECE = {ece:.4f}")

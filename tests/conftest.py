@@ -21,9 +21,15 @@ if _cache:
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
+# Strict numerics: an implicit rank promotion ([B] + [B, 1] silently broadcasting to
+# [B, B]) raises. The environment variable carries it to the subprocesses tests launch
+# (`python -m kdjax.main ...`, notebooks, benchmarks), which read it when JAX starts.
+os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
+
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 import pytest  # noqa: E402

@@ -130,6 +130,7 @@ def test_exact_resume_after_a_real_sigkill(tmp_path):
   assert child.poll() is None, child.stderr.read().decode()[-2000:]
   child.send_signal(signal.SIGKILL)
   child.wait()
+  child.stderr.close()
   saved = json.loads((tmp_path / "state.json").read_text())
   logged = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
   consumed = saved["consumed"]

@@ -64,7 +64,7 @@ def test_quickstart_config_trains_the_same_on_1_and_8_devices(tmp_path):
                  "checkpoint_every": 4, "progress_bar": False}
     summary = train_and_evaluate(load_config(config, None, overrides), str(workdir))
     assert summary["devices"] == devices
-    runs[devices] = ([json.loads(line) for line in (workdir / "metrics.jsonl").open()],
+    runs[devices] = ([json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()],
                      load_variables(workdir))
   (one, params_one), (eight, params_eight) = runs[1], runs[8]
   assert [r["step"] for r in eight] == [2, 4] and "test/accuracy" in eight[-1]
@@ -87,7 +87,7 @@ def test_a_streaming_batch_the_devices_do_not_divide_trains_the_same(tmp_path):
                            **{"data.augment": "none"})
     train_and_evaluate(config, str(tmp_path / str(devices)))
     runs[devices] = ([json.loads(line) for line in (tmp_path / str(devices) /
-                                                    "metrics.jsonl").open()],
+                                                    "metrics.jsonl").read_text().splitlines()],
                      load_variables(tmp_path / str(devices)))
   for got, want in zip(runs[8][0], runs[1][0]):
     for key in want:

@@ -72,6 +72,7 @@ def kill_and_resume(cmd, workdir: pathlib.Path, env) -> dict:
     assert proc.poll() is None, f"run ended before kill point {target}: {proc.stderr.read()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
     kills += 1
     during_save += bool(unfinished_saves(workdir) - leftovers)
     assert not (workdir / "summary.json").exists()

@@ -58,10 +58,18 @@ def test_fixed_weights_land_on_the_members_in_the_given_order(mixed_pool, tmp_pa
                              rtol=1e-4)
   # The reliability diagram shows the predictor the report calls best.
   assert report["reliability_predictor"] == report["best"]
-  best = rows[report["best"]]
-  assert best["accuracy"] == max(v["accuracy"] for k, v in rows.items()
-                                 if not k.startswith("member"))
+  best = rows[report["best"]]  # chosen by NLL, the score the diagram's calibration is about
+  assert best["nll"] == min(v["nll"] for k, v in rows.items() if not k.startswith("member"))
   np.testing.assert_allclose(report["reliability_ece"], best["ece"], rtol=1e-4, atol=1e-6)
+  bins = report["reliability_bins"]
+  assert sum(bins["count"]) == len(splits["test"]["y"])  # every test example in one bin
+  md = (tmp_path / "fuse" / "report.md").read_text()
+  shown = [line for line in md.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
+  assert sum(int(line.split("|")[2]) for line in shown) == len(splits["test"]["y"])
+  # A soup near chance is explained; one above it is not.
+  for k, v in rows.items():
+    if "soup" in k:
+      assert (f"**{k}** is near chance" in md) == (v["accuracy"] < 2 / splits["num_classes"])
   saved = json.loads((tmp_path / "fuse" / "report.json").read_text())
   assert saved["best"] == report["best"]
   assert report["best"] in (tmp_path / "fuse" / "report.md").read_text()
@@ -75,3 +83,22 @@ def test_fixed_weights_of_the_wrong_length_are_refused(mixed_pool, tmp_path):
   config.fixed_weights = (0.5, 0.5)
   with pytest.raises(ValueError, match="fixed_weights has 2 entries but config.members names 3"):
     run_fuse(config, str(tmp_path / "fuse"))
+
+
+def test_a_member_trained_on_the_fitting_split_is_refused(mixed_pool, tmp_path):
+  """mlp.py holds nothing out (data.val_size=0): it trained on the 500 examples fusion fits
+  its weights on, and would win them by memory."""
+  saw = tmp_path / "saw_val"
+  train_and_evaluate(load_config("mnist1d/mlp.py", "smoke", {"progress_bar": False}), str(saw))
+  config = load_config("mnist1d/fuse_cnn5.py")
+  config.members = f"{mixed_pool / 'cnn_a'},{saw}"
+  with pytest.raises(ValueError, match=f"member '{saw}' trained on examples fusion fits on: it "
+                     r"held out data.val_size=0 of the last training examples, fusion fits on "
+                     r"the last 500"):
+    run_fuse(config, str(tmp_path / "fuse"))
+  assert not (tmp_path / "fuse" / "report.json").exists()
+  other = load_config("mnist1d/fuse_cnn5.py")
+  other.members = str(mixed_pool / "cnn_a")
+  other.data.kwargs = {"seed": 7}  # another draw of the data set
+  with pytest.raises(ValueError, match="its training examples may include the fitting split"):
+    run_fuse(other, str(tmp_path / "fuse2"))

@@ -38,7 +38,7 @@ def _task(seed, n, d=20, c=4):
 
 
 def _nll(params, x, y):
-  lp = jax.nn.log_softmax(x @ params["w"] + params["b"])
+  lp = jax.nn.log_softmax(x @ params["w"] + params["b"][None, :])
   return -jnp.mean(jnp.take_along_axis(lp, y[:, None], -1))
 
 

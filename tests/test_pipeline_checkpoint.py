@@ -26,7 +26,7 @@ def _pipeline():
 
 def _make_chunk(tx):
   def loss_fn(params, batch):
-    logits = batch["x"].reshape(batch["x"].shape[0], -1) @ params["w"] + params["b"]
+    logits = batch["x"].reshape(batch["x"].shape[0], -1) @ params["w"] + params["b"][None, :]
     return optax.losses.softmax_cross_entropy(logits, batch["label_probs"]).mean()
 
   @jax.jit

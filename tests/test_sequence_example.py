@@ -77,5 +77,6 @@ def test_kdjax_train_runs_the_sequence_config(tmp_path):
       cwd=os.path.join(os.path.dirname(__file__), ".."))
   assert out.returncode == 0, out.stderr[-2000:]
   assert "student val perplexity" in out.stdout
-  (result,) = [json.load(open(tmp_path / f)) for f in os.listdir(tmp_path) if f.startswith("result_")]
+  (result,) = [json.loads((tmp_path / f).read_text()) for f in os.listdir(tmp_path)
+               if f.startswith("result_")]
   assert result["method"] == "topk" and result["k"] == 4 and result["store_bytes_per_token"] > 0

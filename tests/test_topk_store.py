@@ -93,6 +93,7 @@ def test_killed_writer_resumes_to_the_uninterrupted_output(tmp_path):
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stdout.close()
   finals = [f for f in os.listdir(killed) if f.endswith(".array_record")]
   assert 2 <= len(finals) < 6, finals  # killed midway
   with pytest.raises(ValueError, match="incomplete"):

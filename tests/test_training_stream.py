@@ -261,6 +261,7 @@ def test_sigkill_of_a_streaming_cli_run_resumes_bit_identically(tmp_path):
   assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
+  proc.stderr.close()
   assert not (workdir / "summary.json").exists()
 
   done = subprocess.run(cmd, env=env, capture_output=True, text=True)

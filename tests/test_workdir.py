@@ -167,6 +167,7 @@ def test_a_live_lock_refuses_a_second_run(run_copy):
     assert snapshot(run_copy) == before
   finally:
     sleeper.kill()
+    sleeper.wait()
 
 
 def test_a_stale_lock_is_taken_over_with_a_warning_and_released(run_copy, caplog):
@@ -208,5 +209,6 @@ def test_concurrent_run_into_one_workdir_is_refused(tmp_path):
   finally:
     first.kill()
     first.wait()
+    first.stderr.close()
   steps = steps_logged(workdir)
   assert steps == sorted(set(steps))  # no step twice

@@ -70,7 +70,7 @@ class Conv1D(nn.Module):
     else:
       raise ValueError(
           f"Conv1D: unknown implementation {self.implementation!r}; known: 'im2col', 'xla'")
-    return y + bias
+    return y + bias[None, None, :]  # [B, L, C_out] + [1, 1, C_out], ranks explicit
 
 
 class CNN1D(nn.Module):

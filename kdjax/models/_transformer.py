@@ -52,7 +52,7 @@ class Transformer(nn.Module):
     if tokens.shape[-1] > self.max_len:
       raise ValueError(f"Transformer: sequence length {tokens.shape[-1]} exceeds max_len "
                        f"{self.max_len}")
-    x = self.embed(tokens) + self.pos_embed[: tokens.shape[-1]]
+    x = self.embed(tokens) + self.pos_embed[None, : tokens.shape[-1]]  # [B, T, W] + [1, T, W]
     for block in self.blocks:
       x = block(x)
     return self.ln_final(x)

@@ -7,7 +7,12 @@ every member; average fusion in the three spaces; fixed weights; weights fitted 
 and by random search; deep fusion (cross-fitted); the uniform and greedy soups of each
 architecture group. Writes ``WORKDIR/report.md``, ``WORKDIR/report.json`` and a
 reliability diagram PNG (``reliability.png``) of the best fused predictor (the report's
-``best``: highest test accuracy among the fused predictors, first listed on ties).
+``best``: lowest test NLL among the fused predictors, first listed on ties; calibration is
+what the diagram shows, and NLL is the score that rewards it), with its bins' counts.
+
+Fitting weights on examples a member was trained on would favour the member that
+memorised them: :func:`check_members_held_out` refuses such members before anything is
+computed.
 
 Members keep the user's order everywhere (``config.members``, ``fixed_weights``, "member
 i" in the report), even when architectures are interleaved: the loader stacks members by
@@ -45,6 +50,39 @@ def member_logits(groups, x) -> jax.Array:
   return jnp.concatenate([_group_logits(g, x) for g in groups])[order]
 
 
+def check_members_held_out(members, data_config) -> None:
+  """Every member must have been trained without the examples fusion fits on: the last
+  ``data_config.val_size`` training examples of the same data set. A member's
+  ``config.json`` must name the same ``data.name`` and ``data.kwargs`` and hold out at
+  least as many examples (``data.val_size``).
+
+  Raises:
+    ValueError: naming the first member that saw the fitting split (or whose data cannot
+      be told), and why.
+  """
+  from kdjax.training.teachers._load import parse_workdirs
+
+  want_kwargs = dict(data_config.get("kwargs", {}))
+  for workdir in parse_workdirs(members):
+    path = pathlib.Path(workdir) / "config.json"
+    try:
+      data = json.loads(path.read_text())["data"]
+    except (OSError, ValueError, KeyError) as e:
+      raise ValueError(f"kdjax fuse: cannot tell which examples member {workdir!r} trained on "
+                       f"({path}: {type(e).__name__}); fusion fits on held-out examples only")
+    kwargs = data.get("kwargs") or {}
+    if data.get("name") != data_config.name or kwargs != want_kwargs:
+      raise ValueError(f"kdjax fuse: member {workdir!r} trained on data {data.get('name')!r} "
+                       f"{kwargs}, not {data_config.name!r} {want_kwargs}: its training "
+                       "examples may include the fitting split")
+    if data.get("val_size", 0) < data_config.val_size:
+      raise ValueError(
+          f"kdjax fuse: member {workdir!r} trained on examples fusion fits on: it held out "
+          f"data.val_size={data.get('val_size', 0)} of the last training examples, fusion "
+          f"fits on the last {data_config.val_size}. Train it with "
+          f"--config.data.val_size={data_config.val_size}, or leave it out")
+
+
 def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Fits and evaluates every fusion of ``config.members``; returns the report dict."""
   out = pathlib.Path(workdir)
@@ -55,6 +93,7 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   splits = kd_data.load_dataset(config.data.name, **config.data.get("kwargs", {}),
                                 val_size=config.data.val_size)
   groups = load_teachers(config.members, num_classes=splits["num_classes"])
+  check_members_held_out(config.members, config.data)
   by_index = {i: w for g in groups for i, w in zip(g.indices, g.workdirs)}
   names = [pathlib.Path(by_index[i]).name for i in sorted(by_index)]
   val, test = splits["val"], splits["test"]
@@ -104,7 +143,7 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    "greedy_val_accuracy": float(greedy.score)}
   rows.update({k: _scores(v, test["y"]) for k, v in predictions.items()})
 
-  best = max(predictions, key=lambda k: rows[k]["accuracy"])
+  best = min(predictions, key=lambda k: rows[k]["nll"])
   diagram = metrics.reliability_diagram(
       predictions[best], test["y"], str(out / "reliability.png"), title=f"{best}, test")
   report = {
@@ -119,17 +158,32 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "best": best,
       "reliability_predictor": best,
       "reliability_ece": float(diagram["ece"]),
+      "reliability_bins": {k: np.nan_to_num(np.asarray(diagram[k], np.float64)).round(4).tolist()
+                           for k in ("count", "accuracy", "confidence")},
   }
   (out / "report.json").write_text(json.dumps(report, indent=2))
   lines = ["| predictor | test accuracy (%) | NLL | ECE |", "|---|---|---|---|"]
   lines += [f"| {k} | {v['accuracy'] * 100:.1f} | {v['nll']:.3f} | {v['ece']:.3f} |"
             for k, v in rows.items()]
   table = "\n".join(lines)
+  chance = 1.0 / splits["num_classes"]
+  notes = [f"- **{k}** is near chance ({v['accuracy'] * 100:.1f}%): the members do not share "
+           "an initialisation, so their units are not aligned and the average of their "
+           "weights is no network they trained (soups need members fine-tuned from one "
+           "init: Wortsman et al. 2022, configs/mnist1d/soup_member_cnn.py)."
+           for k, v in rows.items() if "soup" in k and v["accuracy"] < 2 * chance]
+  bins = [f"| {lo:.2f}-{lo + 1 / len(diagram['count']):.2f} | {int(n)} | {a:.3f} | {c:.3f} |"
+          for lo, n, a, c in zip(np.linspace(0, 1, len(diagram["count"]) + 1)[:-1],
+                                 diagram["count"], diagram["accuracy"], diagram["confidence"])
+          if n]
   (out / "report.md").write_text(
       f"# kdjax fuse: {num_members} members\n\nFitted on {len(val['y'])} validation examples; "
       f"scored on {len(test['y'])} test examples.\n\n{table}\n\n"
       f"Fitted weights: {report['fitted_weights']}\n\n"
-      f"Reliability diagram of the best fused predictor, {best}:\n\n"
-      "![reliability](reliability.png)\n")
+      + ("Notes:\n" + "\n".join(notes) + "\n\n" if notes else "")
+      + f"Reliability diagram of the best fused predictor by test NLL, {best} (each bar "
+      "labelled with its number of test examples):\n\n![reliability](reliability.png)\n\n"
+      "| confidence bin | examples | accuracy | mean confidence |\n|---|---|---|---|\n"
+      + "\n".join(bins) + "\n")
   print(table)
   return report
