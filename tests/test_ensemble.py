@@ -93,10 +93,21 @@ def test_apply_unknown_strategy():
     ensemble.apply(_apply_fn("mlp"), ensemble.stack(params), x, strategy="pmap")
 
 
-def test_auto_choice_per_backend():
+def test_auto_runs_the_program_of_the_strategy_it_chooses():
+  """``"auto"`` dispatches to the compiled program of ``choose_strategy``'s pick (and of no
+  other strategy): counted by the jitted programs each strategy holds, for inputs of a shape
+  no other test uses."""
   _, params, x = _members("mlp", 2)
-  choice = ensemble.choose_strategy(_apply_fn("mlp"), ensemble.stack(params), x)
-  assert choice == ("map" if jax.default_backend() == "cpu" else "vmap")
+  x = jnp.concatenate([x, x[:5]])  # 21 rows
+  stacked = ensemble.stack(params)
+  choice = ensemble.choose_strategy(_apply_fn("mlp"), stacked, x)
+  programs = {"vmap": ensemble._apply_vmap, "map": ensemble._apply_map,
+              "loop": ensemble._apply_member}
+  before = {k: f._cache_size() for k, f in programs.items()}
+  out = ensemble.apply(_apply_fn("mlp"), stacked, x, strategy="auto")
+  grown = {k for k, f in programs.items() if f._cache_size() > before[k]}
+  assert grown == {choice}
+  np.testing.assert_array_equal(out, ensemble.apply(_apply_fn("mlp"), stacked, x, strategy=choice))
 
 
 def test_eight_devices():

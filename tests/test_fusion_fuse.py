@@ -97,6 +97,17 @@ def test_a_member_trained_on_the_fitting_split_is_refused(mixed_pool, tmp_path):
                      r"the last 500"):
     run_fuse(config, str(tmp_path / "fuse"))
   assert not (tmp_path / "fuse" / "report.json").exists()
+  # A member distilled from that run learnt from the teacher's view of the split, too.
+  import shutil
+  student = tmp_path / "student"
+  shutil.copytree(mixed_pool / "cnn_a", student)
+  saved = json.loads((student / "config.json").read_text())
+  saved["teacher"]["workdir"] = str(saw)
+  (student / "config.json").write_text(json.dumps(saved))
+  config.members = f"{mixed_pool / 'cnn_a'},{student}"
+  with pytest.raises(ValueError, match=f"member '{student}' was distilled from a teacher that "
+                     f"saw the fitting split: .*member '{saw}' trained on examples"):
+    run_fuse(config, str(tmp_path / "fuse"))
   other = load_config("mnist1d/fuse_cnn5.py")
   other.members = str(mixed_pool / "cnn_a")
   other.data.kwargs = {"seed": 7}  # another draw of the data set

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.special
 
 from kdjax import losses
 from kdjax.config import load_config
@@ -170,8 +171,7 @@ def test_kd_smoke_config_with_a_batchnorm_teacher_workdir(resnet8_runs, tmp_path
   jax.tree.map(np.testing.assert_array_equal, load_variables(root / "d8"), teacher_before)
 
 
-def test_fuse_evaluates_batchnorm_members_and_soups_with_their_running_statistics(
-    resnet8_runs, tmp_path):
+def test_fuse_evaluates_batchnorm_members_and_soups_with_their_running_statistics(tmp_path):
   """``kdjax fuse`` on BatchNorm members: each member row, and the uniform soup of a
   member with itself, is that member's own eval-mode test score (``batch_stats`` used and
   averaged, not dropped or re-initialised)."""
@@ -180,19 +180,22 @@ def test_fuse_evaluates_batchnorm_members_and_soups_with_their_running_statistic
   from kdjax.programs.fuse import run_fuse
   from kdjax.training import load_run
 
-  root, _ = resnet8_runs
+  # fuse fits on the last 300 training examples: the member must have held them out.
+  member = tmp_path / "held_out"
+  train_and_evaluate(smoke("digits/student_resnet8.py", num_devices=8, num_steps=10,
+                           checkpoint_every=10, **{"data.val_size": 300}), str(member))
   config = load_config("mnist1d/fuse_cnn5.py")
   config.data.name, config.data.val_size = "digits", 300
   config.data.kwargs = {"image_shape": (8, 8, 1)}
-  config.members = f"{root / 'd8'},{root / 'd8'}"
+  config.members = f"{member},{member}"
   config.deep.folds, config.deep.steps = 2, 5
   report = run_fuse(config, str(tmp_path / "fuse"))
   test = load_dataset("digits", image_shape=(8, 8, 1), val_size=300)["test"]
-  model, variables, _ = load_run(root / "d8")
+  model, variables, _ = load_run(member)
   assert set(variables) == {"params", "batch_stats"}
   logits = jax.jit(model.apply)(variables, jnp.asarray(test["x"]))
   want = [float(metrics.accuracy(logits, test["y"])), float(metrics.nll(logits, test["y"]))]
-  for row in ("member 0 (d8)", "member 1 (d8)", "uniform soup (CifarResNet x2)"):
+  for row in ("member 0 (held_out)", "member 1 (held_out)", "uniform soup (CifarResNet x2)"):
     got = report["test"][row]
     np.testing.assert_allclose([got["accuracy"], got["nll"]], want, rtol=1e-4, err_msg=row)
 
@@ -228,9 +231,21 @@ def runs_accuracy(workdir) -> float:
 
 
 def test_teacher_smoke_config_trains(tmp_path):  # student_resnet8 and kd_*: tests above
-  summary = train_and_evaluate(smoke("digits/teacher_resnet14.py", num_steps=10),
-                               str(tmp_path / "run"))
-  assert summary["steps"] == 10 and np.isfinite(summary["test"]["nll"])
+  """The summary's test scores are the saved variables' own, in eval mode (BatchNorm's
+  running statistics), recomputed here in float64 NumPy from the logits."""
+  from kdjax.data import load_dataset
+  config = smoke("digits/teacher_resnet14.py", num_steps=10)
+  summary = train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["steps"] == 10
+  test = load_dataset("digits", **config.data.kwargs)["test"]
+  logits = np.asarray(make_predict(get_model(config.model.name, num_classes=10, **{
+      k: v for k, v in config.model.to_dict().items() if k != "name"}))(
+          load_variables(tmp_path / "run"), test["x"]), np.float64)
+  log_probs = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+  np.testing.assert_allclose(summary["test"]["accuracy"], np.mean(logits.argmax(-1) == test["y"]),
+                             atol=1e-6)
+  np.testing.assert_allclose(summary["test"]["nll"],
+                             -np.mean(log_probs[np.arange(len(test["y"])), test["y"]]), rtol=1e-4)
 
 
 def test_digits_as_images():

@@ -54,7 +54,8 @@ def check_members_held_out(members, data_config) -> None:
   """Every member must have been trained without the examples fusion fits on: the last
   ``data_config.val_size`` training examples of the same data set. A member's
   ``config.json`` must name the same ``data.name`` and ``data.kwargs`` and hold out at
-  least as many examples (``data.val_size``).
+  least as many examples (``data.val_size``); a distilled member's teachers
+  (``teacher.workdir``) must too.
 
   Raises:
     ValueError: naming the first member that saw the fitting split (or whose data cannot
@@ -62,7 +63,7 @@ def check_members_held_out(members, data_config) -> None:
   """
   from kdjax.training.teachers._load import parse_workdirs
 
-  want_kwargs = dict(data_config.get("kwargs", {}))
+  want_kwargs = json.loads(json.dumps(dict(data_config.get("kwargs", {}))))  # as config.json: lists
   for workdir in parse_workdirs(members):
     path = pathlib.Path(workdir) / "config.json"
     try:
@@ -81,6 +82,13 @@ def check_members_held_out(members, data_config) -> None:
           f"data.val_size={data.get('val_size', 0)} of the last training examples, fusion "
           f"fits on the last {data_config.val_size}. Train it with "
           f"--config.data.val_size={data_config.val_size}, or leave it out")
+    teachers = (json.loads(path.read_text()).get("teacher") or {}).get("workdir") or ""
+    if teachers:  # a distilled member learnt from its teachers' view of those examples too
+      try:
+        check_members_held_out(teachers, data_config)
+      except ValueError as e:
+        raise ValueError(f"kdjax fuse: member {workdir!r} was distilled from a teacher that "
+                         f"saw the fitting split: {e}") from None
 
 
 def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
