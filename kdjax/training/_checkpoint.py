@@ -32,6 +32,13 @@ def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
   return pathlib.Path(workdir).absolute() / "checkpoints"
 
 
+def newest_step(workdir: str | pathlib.Path) -> int | None:
+  """The step of the newest checkpoint folder in ``workdir`` (``None``: none)."""
+  steps = checkpoint_dir(workdir)
+  found = [int(p.name) for p in steps.iterdir() if p.name.isdigit()] if steps.is_dir() else []
+  return max(found) if found else None
+
+
 # orbax writes a replicated array "replica-parallel" by default on the CPU and TPU: one slice
 # per replica, each cut by an eager slice program compiled per shape and device (README:
 # the cost on a CIFAR ResNet smoke over 8 devices). That pays off for large

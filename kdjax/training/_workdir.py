@@ -150,10 +150,7 @@ def _show(value: Any) -> str:
 
 def latest_step(workdir: pathlib.Path) -> int:
   """The step of the newest checkpoint in ``workdir`` (0: none)."""
-  steps = ckpt.checkpoint_dir(workdir)
-  if not steps.is_dir():
-    return 0
-  return max((int(p.name) for p in steps.iterdir() if p.name.isdigit()), default=0)
+  return ckpt.newest_step(workdir) or 0
 
 
 def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict,

@@ -35,6 +35,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from kdjax.data import make_data_mesh
+from kdjax.training._checkpoint import newest_step
 from kdjax.training._padding import map_in_batches
 from kdjax.training.teachers._apply import (make_sharded_teacher_apply, make_teacher_apply,
                                             sharded_teacher_variables, teacher_variables)
@@ -122,12 +123,6 @@ def _fingerprint(tree: Any) -> str:
   return h.hexdigest()
 
 
-def _newest_step(workdir: str) -> int | None:
-  ckpts = pathlib.Path(workdir) / "checkpoints"
-  steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
-  return max(steps) if steps else None
-
-
 def model_identity(model: Any) -> Any:
   """A JSON-ready description of a model that equals for two models exactly when their
   settings do: a dataclass (every linen module, kdjax's model wrappers) by its class and
@@ -163,7 +158,7 @@ def teacher_identity(groups: Sequence) -> list[dict]:
     for i, (workdir, index) in enumerate(zip(g.workdirs, g.indices)):
       member = jax.tree.map(lambda leaf, i=i: leaf[i], g.variables)
       members.append({"index": int(index), "path": str(pathlib.Path(workdir).absolute()),
-                      "step": _newest_step(workdir), "fingerprint": _fingerprint(member),
+                      "step": newest_step(workdir), "fingerprint": _fingerprint(member),
                       "model": model})
   return sorted(members, key=lambda m: m["index"])
 
