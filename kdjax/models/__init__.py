@@ -1,10 +1,12 @@
 """Flax linen models with named intermediate features, and their registry: MNIST-1D's MLP
-and CNN1D, and the CNN zoo of the distillation benchmarks (CIFAR ResNets, WRNs, VGGs,
+and CNN1D, the decoder-only LM of Hugging Face checkpoints (Llama 3, Qwen 2/3, Gemma 2/3),
+and the CNN zoo of the distillation benchmarks (CIFAR ResNets, WRNs, VGGs,
 MobileNetV2, ShuffleNetV1/V2 after RepDistiller; ImageNet ResNets after torchvision)."""
 
 from kdjax.models._cnn1d import CNN1D as CNN1D
 from kdjax.models._cnn1d import Conv1D as Conv1D
 from kdjax.models._cnn1d import conv1d_im2col as conv1d_im2col
+from kdjax.models._decoder import Decoder as Decoder
 from kdjax.models._mlp import MLP as MLP
 from kdjax.models._mobilenetv2 import MobileNetV2 as MobileNetV2
 from kdjax.models._resnet_cifar import CifarResNet as CifarResNet

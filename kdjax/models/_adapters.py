@@ -5,7 +5,8 @@ A model is anything with
 * ``init(rng, x) -> variables``: ``{"params": ..., **other collections}`` (e.g.
   ``"batch_stats"``), and
 * ``apply(variables, x, *, train, rng=None, features=()) -> ModelOutput(logits,
-  features, state)``: ``features`` maps a path (``"penultimate"``, ``"block_2/conv"``)
+  features, state)``, further keywords going to the module's call (e.g. a decoder's
+  ``attention_mask``): ``features`` maps a path (``"penultimate"``, ``"block_2/conv"``)
   to an array; ``state`` holds the non-``params`` collections after the call (updated
   BatchNorm statistics when ``train``; unchanged otherwise).
 
@@ -52,7 +53,8 @@ class Model(Protocol):
   def init(self, rng: jax.Array, x: jax.Array) -> dict[str, Any]: ...
 
   def apply(self, variables: Variables, x: jax.Array, *, train: bool,
-            rng: jax.Array | None = None, features: Collection[str] = ()) -> ModelOutput: ...
+            rng: jax.Array | None = None, features: Collection[str] = (),
+            **kwargs: Any) -> ModelOutput: ...
 
 
 def split_variables(variables: Variables) -> tuple[Any, dict[str, Any]]:
@@ -120,7 +122,7 @@ class LinenModel:
                                  **self._train_kwargs(False))
     return {k: v for k, v in variables.items() if k not in _OUTPUT_COLLECTIONS}
 
-  def apply(self, variables, x, *, train, rng=None, features=()):
+  def apply(self, variables, x, *, train, rng=None, features=(), **kwargs):
     _, state = split_variables(variables)
     wanted = frozenset(features)
     capture = False
@@ -130,7 +132,7 @@ class LinenModel:
     rngs = {"dropout": rng} if (train and rng is not None) else None
     logits, updates = self.module.apply(dict(variables), x, rngs=rngs, mutable=mutable,
                                         capture_intermediates=capture,
-                                        **self._train_kwargs(train))
+                                        **self._train_kwargs(train), **kwargs)
     found = flat_features(updates.get("intermediates", {}))
     _check_requested(found, wanted, type(self.module).__name__)
     new_state = {k: updates[k] for k in state} if train else state

@@ -10,6 +10,7 @@ import numpy as np
 
 from kdjax.models._adapters import flat_features
 from kdjax.models._cnn1d import CNN1D
+from kdjax.models._decoder import Decoder
 from kdjax.models._mlp import MLP
 from kdjax.models._mobilenetv2 import MobileNetV2
 from kdjax.models._resnet_cifar import CifarResNet
@@ -50,6 +51,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet34": _p(ImageNetResNet, stage_sizes=(3, 4, 6, 3), bottleneck=False),
     "resnet50": _p(ImageNetResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True),
     "transformer": Transformer,
+    "decoder": Decoder,  # Llama 3 / Qwen 2-3 / Gemma 2-3 layouts (kdjax.convert.from_hf)
 }
 
 

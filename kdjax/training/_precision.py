@@ -66,10 +66,10 @@ class MixedPrecisionModel:
     return self.model.init(rng, x)
 
   def apply(self, variables, x: jax.Array, *, train: bool, rng: jax.Array | None = None,
-            features: Collection[str] = ()) -> ModelOutput:
+            features: Collection[str] = (), **kwargs: Any) -> ModelOutput:
     variables = {**variables, "params": cast_floating(variables["params"], self.dtype)}
     out = self.model.apply(variables, cast_floating(x, self.dtype), train=train, rng=rng,
-                           features=features)
+                           features=features, **kwargs)
     return ModelOutput(logits=out.logits.astype(jnp.float32),
                        features=cast_floating(out.features, jnp.float32), state=out.state)
 
