@@ -91,12 +91,6 @@ def _main(argv, command: str) -> None:
   if command == "train":
     if _CONFIG.value is None:
       raise app.UsageError(f"kdjax train needs --config; {_USAGE}")
-    if _CONFIG.value.get("trainer") == "lm_distill":  # configs/sequence/: token data, [B, T] steps
-      from kdjax.programs.lm_distill import run as run_lm_distill
-      for r in run_lm_distill(_CONFIG.value, _WORKDIR.value):
-        print(f"student val perplexity {r['student_val_perplexity']:.3f}  teacher "
-              f"{r['teacher_val_perplexity']:.3f}  method {r['method']}  -> {_WORKDIR.value}")
-      return
     from kdjax.training import _distributed, train_and_evaluate
     _distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:

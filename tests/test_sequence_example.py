@@ -1,15 +1,11 @@
-"""The byte-level transformer and the sequence distillation example (smoke configs)."""
-
-import json
-import os
+"""The byte-level transformer, the fused loss on its hidden states, the stdlib byte windows."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import config as configs, losses
-from kdjax.programs import lm_distill
+from kdjax import data, losses
 from kdjax.models import Transformer, apply_with_features, get_model
 
 
@@ -41,42 +37,10 @@ def test_fused_loss_on_transformer_hidden_equals_logit_loss():
                              rtol=1e-5, atol=1e-6)
 
 
-def test_stdlib_bytes_are_deterministic_sequences():
-  a, b = lm_distill.stdlib_bytes(5000), lm_distill.stdlib_bytes(5000)
+def test_stdlib_bytes_are_deterministic_windows():
+  a, b = data.stdlib_bytes(5000), data.stdlib_bytes(5000)
   np.testing.assert_array_equal(a, b)
-  seqs = lm_distill.sequences(a, 32)
-  assert seqs.shape == (5000 // 33, 33) and seqs.max() < 256
-
-
-def test_smoke_configs_run_every_method(tmp_path):
-  """Teacher trained once; alone, full-logit (fused) and stored top-k students."""
-  results = {}
-  for arg in ("none", "full", "topk,k=4"):
-    config = configs.load_config("sequence/byte_lm_kd.py", arg + ",smoke")
-    (results[arg],) = lm_distill.run(config, str(tmp_path))
-  assert os.path.exists(tmp_path / "teacher.msgpack")
-  for r in results.values():
-    assert np.isfinite(r["student_val_perplexity"]) and 1 < r["student_val_perplexity"] < 300
-  assert len({r["teacher_val_perplexity"] for r in results.values()}) == 1  # reloaded teacher
-  assert results["topk,k=4"]["store_bytes_per_token"] > 0
-  with open(tmp_path / "result_topk_k4_seed0.json") as f:
-    assert json.load(f)["k"] == 4
-  with pytest.raises(ValueError, match="unknown word .*; accepted words"):
-    configs.load_config("sequence/byte_lm_kd.py", "distil")
-
-
-def test_kdjax_train_runs_the_sequence_config(tmp_path):
-  """`kdjax train` dispatches configs with trainer="lm_distill" to kdjax.programs.lm_distill.run."""
-  import subprocess
-  import sys
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-  out = subprocess.run(
-      [sys.executable, "-m", "kdjax.main", "train",
-       "--config", "configs/sequence/byte_lm_kd.py:topk,k=4,smoke", "--workdir", str(tmp_path)],
-      capture_output=True, text=True, env=env, timeout=600,
-      cwd=os.path.join(os.path.dirname(__file__), ".."))
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert "student val perplexity" in out.stdout
-  (result,) = [json.loads((tmp_path / f).read_text()) for f in os.listdir(tmp_path)
-               if f.startswith("result_")]
-  assert result["method"] == "topk" and result["k"] == 4 and result["store_bytes_per_token"] > 0
+  rows = data._text.windows(a, 32)
+  assert rows["x"].shape == rows["y"].shape == (5000 // 33, 32) and rows["x"].max() < 256
+  np.testing.assert_array_equal(rows["x"][:, 1:], rows["y"][:, :-1])  # y is x shifted by one
+  np.testing.assert_array_equal(rows["x"][0], a[:32])

@@ -1,63 +1,62 @@
-"""A 2-layer byte-level transformer distilled into a 1-layer one, on stdlib source bytes.
+"""Byte-level language-model distillation on the standard library's source bytes (no
+download): a 2-layer Llama-style decoder teacher, a 1-layer student, through the one trainer.
 
-The data are the first bytes of this Python's standard-library ``*.py`` files (no
-download); see :mod:`kdjax.programs.lm_distill`. The teacher is trained once per workdir and
-reused; ``topk`` stores its top-k log-probabilities (float16 + int32) in ArrayRecord files.
-
-Launch (every hyperparameter below can be overridden with ``--config.x=y``):
-  python benchmarks/sequence_kd.py                      # the 4 methods x 3 seeds table
-  kdjax train --config configs/sequence/byte_lm_kd.py:topk,k=8 --workdir runs/byte_lm
-  kdjax train --config configs/sequence/byte_lm_kd.py:full --workdir runs/byte_lm  # reuses the teacher
+Launch:
+  kdjax train --config configs/sequence/byte_lm_kd.py:teacher --workdir runs/byte_teacher
+  kdjax train --config configs/sequence/byte_lm_kd.py:fused --workdir runs/byte_fused \\
+      --config.teacher.workdir=runs/byte_teacher
 Expected: see benchmarks/results/sequence_kd.json (student perplexity alone, with
-full-logit KD and with top-k KD, 3 seeds).
-Args (comma-separated): "none" | "full" | "topk" (the method), "k=<int>", "seed=<int>",
-"smoke" (tiny sizes, seconds).
+full-logit KD and with the fused loss, 3 seeds).
+Args (comma-separated): "teacher" (the teacher, cross-entropy), "none" (the student alone),
+"full" (0.5 cross-entropy + 0.5 forward KL on the [B*T, V] logits), "fused" (the same two
+terms fused with the output heads: fused_cross_entropy + fused_kd, no [B*T, V] logits),
+"smoke" (tiny sizes, seconds). The distilling variants need --config.teacher.workdir (a
+teacher run) or --config.teacher.hf_path (a Hugging Face folder with a 256-token vocabulary).
 """
 
-import ml_collections
+from kdjax.training import default_config, smoke_variant
+
+# The words --config sequence/byte_lm_kd.py:ARG accepts, comma-separated.
+ARGS = ("teacher", "none", "full", "fused", "smoke")
 
 
-def _train(steps: int, lr: float) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({"num_steps": steps, "batch_size": 32, "learning_rate": lr,
-                                    "warmup_steps": steps // 10, "weight_decay": 0.01})
+def _decoder(width: int, layers: int, heads: int, kv_heads: int) -> dict:
+  return {"name": "decoder", "width": width, "num_layers": layers, "num_heads": heads,
+          "num_kv_heads": kv_heads, "mlp_width": 4 * width, "rope_theta": 10_000.0}
 
 
-# The words --config sequence/byte_lm_kd.py:ARG accepts, comma-separated ("k=" and
-# "seed=" take a number).
-ARGS = ("none", "full", "topk", "k=", "seed=", "smoke")
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = [a for a in (arg or "").split(",") if a]
-  c = ml_collections.ConfigDict()
-  c.trainer = "lm_distill"  # `kdjax train` runs kdjax.programs.lm_distill.run on this config
-  c.seed = 0
-  # Sized for a shared 2-core CPU: the whole 4 methods x 3 seeds table in minutes.
-  c.data = ml_collections.ConfigDict({"train_bytes": 200_000, "val_bytes": 30_000,
-                                      "seq_len": 64})
-  c.teacher = ml_collections.ConfigDict({"width": 64, "num_layers": 2, "num_heads": 4,
-                                         "seed": 0, "train": _train(1000, 3e-3)})
-  c.student = ml_collections.ConfigDict({"width": 32, "num_layers": 1, "num_heads": 2,
-                                         "train": _train(600, 3e-3)})
-  c.distill = ml_collections.ConfigDict({
-      "method": "none", "k": 8, "variant": "tail", "divergence": "forward_kl",
-      "temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5, "chunk_size": 512,
-      "num_shards": 4})
-  for a in args:
-    if a in ("none", "full", "topk"):
-      c.distill.method = a
-    elif a.startswith("k="):
-      c.distill.k = int(a[2:])
-    elif a.startswith("seed="):
-      c.seed = int(a[5:])
-    elif a != "smoke":
-      raise ValueError(f"byte_lm_kd.get_config: unknown arg {a!r} (none|full|topk, k=, seed=, "
-                       f"smoke)")
+def get_config(arg: str | None = None):
+  args = set(a for a in (arg or "").split(",") if a)
+  methods = args & {"teacher", "none", "full", "fused"}
+  if len(methods) > 1:
+    raise ValueError(f"byte_lm_kd: pick one of teacher|none|full|fused, got {sorted(methods)}")
+  method = next(iter(methods), "none")
+  c = default_config()
+  c.data.name = "stdlib_bytes"
+  c.data.kwargs = {"seq_len": 64, "train_bytes": 200_000, "test_bytes": 30_000}
+  c.model = _decoder(64, 2, 4, 2) if method == "teacher" else _decoder(32, 1, 2, 1)
+  ce = {"weight": 1.0 if method in ("teacher", "none") else 0.5}
+  if method in ("teacher", "none"):
+    c.losses = {"cross_entropy": ce}
+  elif method == "full":
+    c.losses = {"cross_entropy": ce, "forward_kl": {"weight": 0.5}}
+  else:
+    c.losses = {"fused_cross_entropy": {**ce, "chunk_size": 512},
+                "fused_kd": {"weight": 0.5, "divergence": "forward_kl", "chunk_size": 512}}
+  c.teacher.cache = False  # token rows: the teacher runs in the step
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.schedule = "warmup_cosine"
+  c.optimizer.warmup_steps = 100
+  c.optimizer.weight_decay = 0.01
+  c.batch_size = 32  # rows of 64 bytes: 2,048 tokens a step
+  c.num_steps = 1000 if method == "teacher" else 600
+  c.log_every = c.eval_every = c.checkpoint_every = 100
+  c.eval_batch_size = 64
   if "smoke" in args:
-    c.data.train_bytes, c.data.val_bytes, c.data.seq_len = 20_000, 5_000, 32
-    c.teacher.width, c.teacher.num_layers = 32, 1
-    c.student.width = 16
-    c.teacher.train = _train(8, 3e-3)
-    c.student.train = _train(6, 3e-3)
-    c.distill.num_shards = 2
+    smoke_variant(c)
+    c.data.kwargs = {"seq_len": 32, "train_bytes": 20_000, "test_bytes": 5_000}
+    c.batch_size = 16
+    c.model = _decoder(32, 1, 2, 1) if method == "teacher" else _decoder(16, 1, 2, 1)
+    c.eval_batch_size = 16
   return c

@@ -60,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
   # architecture {"name": registry name, **fields}; see kdjax.training.teachers._load.
   c.teacher.params_file = ""
   c.teacher.model = ml_collections.ConfigDict({"name": ""})
+  # A Hugging Face causal LM folder (config.json + *.safetensors) as the teacher
+  # (kdjax.convert.from_hf); the student's is config.model = {"name": "decoder", "hf_path": DIR}.
+  c.teacher.hf_path = ""
   c.teacher.dtype = ""         # teacher compute dtype ("": config.dtype); params stay as loaded
 
   # Structure distillation: copy teacher layers into the student before training.

@@ -241,7 +241,8 @@ def from_hf(path: str | pathlib.Path, *, dtype: Any = jnp.float32) -> tuple[Deco
   Args:
     path: a folder with ``config.json`` and ``model.safetensors`` (or a sharded
       ``model.safetensors.index.json`` and its shards).
-    dtype: the params' dtype (e.g. ``jnp.bfloat16`` for a teacher), on the host CPU.
+    dtype: the params' dtype (e.g. ``jnp.bfloat16`` for a teacher), on the host CPU;
+      ``None`` keeps the checkpoint's.
 
   Raises:
     HFFormatError: not a causal LM, an unsupported architecture or field, a missing
@@ -270,7 +271,7 @@ def from_hf(path: str | pathlib.Path, *, dtype: Any = jnp.float32) -> tuple[Deco
     if tuple(value.shape) != tuple(expected[kd_path].shape):
       raise HFFormatError(f"{folder}: tensor {name} has shape {tuple(tensor.shape)}, but "
                           f"config.json implies {tuple(expected[kd_path].shape[::-1] if kd_path[-1] == 'kernel' else expected[kd_path].shape)}")
-    flat[kd_path] = value.astype(dtype)
+    flat[kd_path] = value if dtype is None else value.astype(dtype)
   return model, {"params": traverse_util.unflatten_dict(flat)}
 
 

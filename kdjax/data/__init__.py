@@ -1,4 +1,4 @@
-"""Data sets (generated locally, cached; tfds image data sets streamed through grain),
+"""Data sets (generated locally, cached; token data for language models; tfds image data sets streamed through grain),
 augmentation, deterministic sharded batching and device prefetching."""
 
 from kdjax.data._batches import batch_indices as batch_indices
@@ -12,6 +12,11 @@ from kdjax.data._mnist1d import load_mnist1d_transfer as load_mnist1d_transfer
 from kdjax.data._mnist1d_stream import FreshMNIST1D as FreshMNIST1D
 from kdjax.data._mnist1d_stream import mnist1d_transform_batch as mnist1d_transform_batch
 from kdjax.data._registry import DATASETS as DATASETS
+from kdjax.data._text import load_jsonl_tokens as load_jsonl_tokens
+from kdjax.data._text import load_stdlib_bytes as load_stdlib_bytes
+from kdjax.data._text import load_tokenizer as load_tokenizer
+from kdjax.data._text import pack as pack_documents
+from kdjax.data._text import stdlib_bytes as stdlib_bytes
 from kdjax.data._registry import load_dataset as load_dataset
 from kdjax.data._augment import AUGMENTATIONS as AUGMENTATIONS
 from kdjax.data._augment import augment_image as augment_image

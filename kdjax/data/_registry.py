@@ -6,10 +6,14 @@ import numpy as np
 
 from kdjax.data._digits import load_digits
 from kdjax.data._mnist1d import load_mnist1d
+from kdjax.data._text import load_jsonl_tokens, load_stdlib_bytes
 
 DATASETS = {
     "mnist1d": load_mnist1d,
     "digits": load_digits,
+    # Token data (x: [N, T] or packed [N, 2, T], y: [N, T] next tokens; kdjax.data._text).
+    "stdlib_bytes": load_stdlib_bytes,
+    "jsonl": load_jsonl_tokens,
 }
 
 
@@ -29,5 +33,7 @@ def load_dataset(name: str, *, val_size: int = 0, **kwargs: Any) -> dict[str, di
       raise ValueError(f"val_size={val_size} must be between 0 and the {n} training examples")
     splits["val"] = {k: v[n - val_size:] for k, v in train.items()}
     splits["train"] = {k: v[:n - val_size] for k, v in train.items()}
-  num_classes = int(max(s["y"].max() for s in splits.values())) + 1
-  return {**splits, "num_classes": num_classes}
+  num_classes = splits.pop("num_classes", None)  # token data: the vocabulary size
+  if num_classes is None:
+    num_classes = int(max(s["y"].max() for s in splits.values())) + 1
+  return {**splits, "num_classes": int(num_classes)}

@@ -32,6 +32,7 @@ from kdjax.losses._features import Projector as Projector
 from kdjax.losses._features import attention_transfer as attention_transfer
 from kdjax.losses._features import hint as hint
 from kdjax.losses._fused import fused_distillation_loss as fused_distillation_loss
+from kdjax.losses._fused_ce import fused_cross_entropy as fused_cross_entropy
 from kdjax.losses._targets import cross_entropy as cross_entropy
 from kdjax.losses._kd import dist as dist
 from kdjax.losses._kd import dkd as dkd

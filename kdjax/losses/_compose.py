@@ -63,6 +63,8 @@ import jax.numpy as jnp
 from kdjax.losses import _checks
 from kdjax.losses import _divergences
 from kdjax.losses import _features
+from kdjax.losses import _fused
+from kdjax.losses import _fused_ce
 from kdjax.losses import _kd
 from kdjax.losses import _relational
 from kdjax.losses import _schedules
@@ -87,6 +89,8 @@ class LossInputs:
     teacher_features: name -> ``[B, ...]`` array.
     student_params: student parameter pytree (for ``weight_matching``).
     teacher_params: teacher parameter pytree.
+    student_head, teacher_head: ``[d, C]`` output projections (a language model's head,
+      read by the fused terms with the final hidden states as features), or ``None``.
     where: ``[B]`` bool, the valid (non-padding) examples, or ``None`` for all.
   """
 
@@ -98,6 +102,8 @@ class LossInputs:
   teacher_features: dict = flax.struct.field(default_factory=dict)
   student_params: Any = None
   teacher_params: Any = None
+  student_head: jax.Array | None = None
+  teacher_head: jax.Array | None = None
   where: jax.Array | None = None
 
 
@@ -133,16 +139,25 @@ class TermSpec:
   def keywords(self) -> dict[str, Any]:
     """Every keyword the term accepts in ``make_objective`` -> default."""
     kw = dict(self.kwargs)
-    if "student_feature" in self.inputs:
-      kw.update(student_feature=REQUIRED, teacher_feature=None)
+    if "student_feature" in self.inputs:  # a spec may give the feature a default
+      kw = {"student_feature": REQUIRED, "teacher_feature": None, **kw}
     if self.projector:
       kw.update(projector=None, norm=None)
     return kw
 
 
 REQUIRED = object()
+
+
+def _fused_kd(student_hidden, teacher_hidden, student_head, teacher_head, *, divergence,
+              temperature, chunk_size):
+  """The ``fused_kd`` term: :func:`kdjax.losses.fused_distillation_loss`, ``[N]``."""
+  return _fused.fused_distillation_loss(student_hidden, student_head, teacher_hidden,
+                                        teacher_head, divergence=divergence,
+                                        temperature=temperature, chunk_size=chunk_size)
+
 INPUTS = ("student_logits", "teacher_logits", "labels", "label_probs", "student_feature",
-          "teacher_feature", "student_params", "teacher_params")
+          "teacher_feature", "student_params", "teacher_params", "student_head", "teacher_head")
 _LOGITS = ("student_logits", "teacher_logits")
 _FEATURES = ("student_feature", "teacher_feature")
 _PARAMS = ("student_params", "teacher_params")
@@ -175,6 +190,15 @@ TERMS: dict[str, TermSpec] = {
     "rkd_distance": TermSpec(_relational.rkd_distance, _FEATURES, batch_level=True),
     "rkd_angle": TermSpec(_relational.rkd_angle, _FEATURES, batch_level=True),
     "pkt": TermSpec(_relational.pkt, _FEATURES, batch_level=True),
+    # Language models: the final hidden states (feature "hidden" of kdjax.models.Decoder)
+    # and the output heads, never the [tokens, V] logits.
+    "fused_kd": TermSpec(_fused_kd, ("student_feature", "teacher_feature", "student_head",
+                                     "teacher_head"),
+                         {"student_feature": "hidden", "divergence": "forward_kl",
+                          "temperature": 1.0, "chunk_size": 1024}),
+    "fused_cross_entropy": TermSpec(_fused_ce.fused_cross_entropy,
+                                    ("student_feature", "student_head", "labels"),
+                                    {"student_feature": "hidden", "chunk_size": 1024}),
     "weight_matching": TermSpec(_weights.weight_matching, _PARAMS,
                                 {"mapping": None, "normalize": True}, batch_level=True),
 }
@@ -308,7 +332,19 @@ class Objective:
 
   @property
   def needs_teacher(self) -> bool:
-    return bool(self._takes("teacher_logits", "teacher_feature", "teacher_params"))
+    return bool(self._takes("teacher_logits", "teacher_feature", "teacher_params",
+                            "teacher_head"))
+
+  @property
+  def needs_heads(self) -> bool:
+    """A term reads ``inputs.student_head`` / ``teacher_head`` (the fused terms)."""
+    return bool(self._takes("student_head", "teacher_head"))
+
+  @property
+  def uses_logits(self) -> bool:
+    """A term reads the student's logits (else, e.g. with the fused terms, nothing
+    needs them and ``jit`` never computes them)."""
+    return bool(self._takes("student_logits"))
 
   @property
   def needs_labels(self) -> bool:

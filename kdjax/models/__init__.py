@@ -7,6 +7,7 @@ from kdjax.models._cnn1d import CNN1D as CNN1D
 from kdjax.models._cnn1d import Conv1D as Conv1D
 from kdjax.models._cnn1d import conv1d_im2col as conv1d_im2col
 from kdjax.models._decoder import Decoder as Decoder
+from kdjax.models._decoder import decoder_sharding_rules as decoder_sharding_rules
 from kdjax.models._mlp import MLP as MLP
 from kdjax.models._mobilenetv2 import MobileNetV2 as MobileNetV2
 from kdjax.models._resnet_cifar import CifarResNet as CifarResNet
@@ -24,6 +25,8 @@ from kdjax.models._adapters import LinenModel as LinenModel
 from kdjax.models._adapters import Model as Model
 from kdjax.models._adapters import ModelOutput as ModelOutput
 from kdjax.models._adapters import NNXModel as NNXModel
+from kdjax.models._adapters import PretrainedModel as PretrainedModel
+from kdjax.models._adapters import output_head as output_head
 from kdjax.models._adapters import as_model as as_model
 from kdjax.models._adapters import eval_apply as eval_apply
 from kdjax.models._adapters import eval_logits as eval_logits

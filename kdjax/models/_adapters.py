@@ -218,6 +218,46 @@ class FunctionModel:
     return ModelOutput(logits, found, state)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PretrainedModel:
+  """A model that starts from given ``variables`` (e.g. a Hugging Face checkpoint's, from
+  :func:`kdjax.convert.from_hf`): ``init`` returns them, as float32 master weights;
+  ``apply`` is the wrapped model's."""
+
+  model: Any
+  variables: Any
+
+  def init(self, rng, x):
+    del rng, x
+    return jax.tree.map(
+        lambda a: a.astype("float32") if jax.numpy.issubdtype(a.dtype, jax.numpy.floating) else a,
+        dict(self.variables))
+
+  def apply(self, variables, x, *, train, rng=None, features=(), **kwargs):
+    return as_model(self.model).apply(variables, x, train=train, rng=rng, features=features,
+                                      **kwargs)
+
+
+def output_head(model: Any) -> Callable[[Any], jax.Array]:
+  """``params -> [D, V]``: the output projection of a language model (a module with an
+  ``output_head(params)`` method, e.g. :class:`kdjax.models.Decoder`, possibly wrapped by
+  kdjax's adapters), for the fused losses.
+
+  Raises:
+    ValueError: if the model has none.
+  """
+  seen = model
+  for _ in range(6):
+    if hasattr(seen, "output_head"):
+      return seen.output_head
+    seen = getattr(seen, "module", None) or getattr(seen, "model", None)
+    if seen is None:
+      break
+  raise ValueError(f"{type(model).__name__} has no output_head(params): the fused terms "
+                   "(fused_kd, fused_cross_entropy) need a language model such as "
+                   "kdjax.models.Decoder")
+
+
 def as_model(model: Any) -> Model:
   """Wraps a linen module, an NNX module or an ``apply_fn`` as a :class:`Model`;
   an object that already is one is returned as it is.
@@ -225,7 +265,7 @@ def as_model(model: Any) -> Model:
   Raises:
     TypeError: for anything else.
   """
-  if isinstance(model, (LinenModel, NNXModel, FunctionModel)):
+  if isinstance(model, (LinenModel, NNXModel, FunctionModel, PretrainedModel)):
     return model
   if isinstance(model, nn.Module):
     return LinenModel(model)

@@ -227,9 +227,17 @@ class Decoder(nn.Module):
                                     self.rope_factor, self.rope_low_freq_factor,
                                     self.rope_high_freq_factor, self.rope_original_max)
 
-  @staticmethod
-  def output_head(params: Any) -> jax.Array:
-    """The ``[D, V]`` output projection in ``params`` (the embedding's transpose if tied)."""
+  def output_head(self, params: Any) -> jax.Array:
+    """The ``[D, V]`` output projection in ``params`` (the embedding's transpose if tied):
+    ``logits = hidden @ head`` (feature ``"hidden"``).
+
+    Raises:
+      ValueError: with ``final_softcap`` (the logits are not ``hidden @ head``).
+    """
+    if self.final_softcap:
+      raise ValueError(f"Decoder.final_softcap={self.final_softcap}: its logits are soft-capped "
+                       "after the head, which the fused losses do not model; use logit terms "
+                       "(forward_kl, cross_entropy) for this model")
     if "lm_head" in params:
       return params["lm_head"]["kernel"]
     return params["embed"]["embedding"].T
@@ -285,3 +293,26 @@ class Decoder(nn.Module):
     if self.final_softcap:
       logits = self.final_softcap * jnp.tanh(logits / self.final_softcap)
     return logits
+
+
+def decoder_sharding_rules(fsdp: str = "data", tensor: str = "model") -> tuple:
+  """Sharding rules (:mod:`kdjax.training._sharding`) for :class:`Decoder` params, in the
+  train state (``student/...``) and in teacher variables (``params/...``):
+
+  * q/k/v, gate and up kernels ``[D, out]``: ``D`` over ``fsdp`` (FSDP / ZeRO-3), the
+    heads / MLP features over ``tensor`` (Megatron column parallel);
+  * o and down kernels ``[in, D]``: ``in`` over ``tensor`` (row parallel), ``D`` over ``fsdp``;
+  * the embedding ``[V, D]`` and the head ``[D, V]``: the vocabulary over ``tensor``
+    (:func:`kdjax.losses.fused_distillation_loss` takes a vocabulary-sharded head), ``D``
+    over ``fsdp``; norms and biases of the row-parallel layers replicated.
+
+  Every sharded dimension must divide by its axis size (a one-line error names the rule).
+  """
+  column, row = (fsdp, tensor), (tensor, fsdp)
+  return ((r"attn/(q_proj|k_proj|v_proj)/kernel$", column),
+          (r"attn/(q_proj|k_proj|v_proj)/bias$", (tensor,)),
+          (r"attn/o_proj/kernel$", row),
+          (r"mlp/(gate_proj|up_proj)/kernel$", column),
+          (r"mlp/down_proj/kernel$", row),
+          (r"embed/embedding$", row),
+          (r"lm_head/kernel$", column))

@@ -15,7 +15,7 @@ from kdjax.training._optim import make_schedule as make_schedule
 from kdjax.training._precision import with_compute_dtype as with_compute_dtype
 from kdjax.training._preemption import Preempted as Preempted
 from kdjax.training._sharding import make_mesh as make_mesh
-from kdjax.training._sharding import memory_report as memory_report
+from kdjax.training._memory import memory_report as memory_report
 from kdjax.training._sharding import state_shardings as state_shardings
 from kdjax.training._sharding import tree_shardings as tree_shardings
 from kdjax.training._state import create_train_state as create_train_state

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kdjax import data as kd_data
@@ -26,10 +27,44 @@ from kdjax.models import eval_logits
 from kdjax.training._padding import map_in_batches
 
 
+def evaluate_tokens(predict: Callable, variables: Any, split: dict, *, batch_size: int,
+                    mesh) -> dict[str, float]:
+  """Next-token accuracy, mean NLL and perplexity ``exp(nll)`` of a language model over the
+  tokens of ``{"x": [N, T] or [N, 2, T], "y": [N, T]}`` that have a target (``y >= 0``).
+
+  Batches of ``batch_size`` rows, sharded over ``mesh``, each reduced on the devices to
+  per-row sums, so no ``[N, T, V]`` logits are ever gathered.
+  """
+  x, y = np.asarray(split["x"]), np.asarray(split["y"])
+  width = int(np.prod(x.shape[1:]))
+  joined = np.concatenate([x.reshape(len(x), width), y], axis=1)  # one array to batch
+
+  @jax.jit
+  def row_sums(xy):
+    xb, yb = xy[:, :width].reshape(-1, *x.shape[1:]), xy[:, width:]
+    logits = predict(variables, xb).astype(jnp.float32)  # [b, T, V]
+    keep = losses.label_mask(yb, logits.shape[-1])
+    correct = jnp.where(keep, jnp.argmax(logits, -1) == yb, False)
+    nll = jnp.where(keep, losses.cross_entropy(logits, yb), 0.0)
+    return jnp.stack([correct.sum(-1).astype(jnp.float32), nll.sum(-1),
+                      keep.sum(-1).astype(jnp.float32)], -1)  # [b, 3]
+
+  sharding = None if mesh is None else NamedSharding(mesh, P("data"))
+  sums = map_in_batches(row_sums, joined, batch_size=batch_size, sharding=sharding).sum(0)
+  if not sums[2]:
+    raise ValueError("the evaluation split has no token with a target (y >= 0)")
+  nll = float(sums[1] / sums[2])
+  return {"accuracy": float(sums[0] / sums[2]), "nll": nll,
+          "perplexity": float(np.exp(min(nll, 700.0))), "tokens": int(sums[2])}
+
+
 def evaluate_arrays(predict: Callable, variables: Any, split: dict, *, batch_size: int,
                     mesh) -> dict[str, float]:
   """Accuracy and mean NLL of ``predict(variables, x)`` on an in-memory split
-  ``{"x": [N, ...], "y": [N]}`` (batches of ``batch_size`` sharded over ``mesh``)."""
+  ``{"x": [N, ...], "y": [N]}`` (batches of ``batch_size`` sharded over ``mesh``); token
+  rows (``y [N, T]``) go to :func:`evaluate_tokens`."""
+  if np.ndim(split["y"]) == 2:
+    return evaluate_tokens(predict, variables, split, batch_size=batch_size, mesh=mesh)
   logits = predict_in_batches(predict, variables, split["x"], batch_size=batch_size, mesh=mesh)
   return {"accuracy": float(metrics.accuracy(logits, split["y"])),
           "nll": float(metrics.nll(logits, split["y"]))}

@@ -180,6 +180,11 @@ class TrainingData:
   def streaming(self) -> bool:
     return self.pipelines is not None
 
+  @property
+  def tokens(self) -> bool:
+    """Token rows (``y [N, T]``, :mod:`kdjax.data._text`) for a language model."""
+    return self.train_y is not None and self.train_y.ndim == 2
+
 
 def load_training_data(config, objective, *, eval_batch_size: int) -> TrainingData:
   """The data of ``config.data`` (global batch sizes ``config.batch_size`` and

@@ -26,7 +26,7 @@ import ml_collections
 
 from kdjax import losses
 from kdjax.config import check_config, resolve_num_steps, with_defaults
-from kdjax.models import count_params
+from kdjax.models import count_params, output_head
 from kdjax.training import _checkpoint as ckpt
 from kdjax.training import _distributed, _nonfinite, _padding, _precision, _sharding, _workdir
 from kdjax.training._evaluate import evaluate_all, make_predict
@@ -38,7 +38,8 @@ from kdjax.training._optim import make_optimizer
 from kdjax.training._preemption import Preempted, PreemptionGuard
 from kdjax.training._progress import Progress
 from kdjax.training._step import make_train_chunk
-from kdjax.training.teachers._load import model_from_config
+from kdjax.training.teachers._load import (check_same_vocabulary, single_teacher,
+                                           student_from_config)
 from kdjax.training.teachers._setup import setup_teachers
 
 
@@ -101,8 +102,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, changes: di
   config = copy.deepcopy(config)
   config.num_steps = resolve_num_steps(config, data.train_size)
   every = Intervals.from_config(config)
-  model = _precision.with_compute_dtype(
-      model_from_config(config.model.to_dict(), data.num_classes), config.dtype)
+  student, model_info = student_from_config(config.model.to_dict(), data.num_classes)
+  model = _precision.with_compute_dtype(student, config.dtype)
   sample_x = jnp.asarray(data.sample_x)
 
   def evaluate(predict, variables) -> dict[str, dict[str, float]]:
@@ -115,7 +116,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, changes: di
                                 _sharding.tree_shardings, rules=config.sharding.teacher,
                                 mesh=mesh, field="config.sharding.teacher"))
 
-  run_info = {"model": config.model.to_dict(), "num_classes": data.num_classes,
+  if data.tokens and teachers.groups:
+    check_same_vocabulary(student, teachers.groups, sample_x[:1],
+                          student_source=config.model.get("hf_path", ""),
+                          teacher_source=config.teacher.hf_path)
+
+  run_info = {"model": model_info, "num_classes": data.num_classes,
               "data": config.data.name}
   if data.streaming:
     run_info["data_source"] = config.data.source
@@ -143,8 +149,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, changes: di
   start_step = int(state.step)
   log = MetricsLog(workdir / "metrics.jsonl", start_step)
 
+  teacher_head = None
+  if objective.needs_heads and objective.needs_teacher:  # the fused terms
+    teacher_head = output_head(single_teacher(teachers.groups)[0])
   train_chunk = make_train_chunk(model=model, objective=objective, tx=tx,
-                                 teacher_apply=teachers.apply, state_shardings=state_shardings)
+                                 teacher_apply=teachers.apply, state_shardings=state_shardings,
+                                 teacher_head=teacher_head)
   train_chunk = _sharding.KeepCompiled(train_chunk)  # for XLA's memory analysis
   predict = make_predict(model)
   inputs = make_batches(data, config, mesh=mesh, teacher_cache=teachers.cache, state=data_state)

@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import optax
 
 from kdjax import losses
-from kdjax.models import as_model
+from kdjax.models import as_model, output_head
 from kdjax.training._nonfinite import summarize_chunk
 from kdjax.training._padding import mask_batch_norm
 from kdjax.training._state import TrainState
+from kdjax.training._tokens import is_token_batch, token_examples
 from kdjax.training.teachers._apply import TeacherApply
 
 Batch = dict[str, jax.Array]
@@ -26,7 +27,8 @@ Batch = dict[str, jax.Array]
 def make_train_chunk(*, model: Any, objective: losses.Objective,
                      tx: optax.GradientTransformation,
                      teacher_apply: TeacherApply | None = None,
-                     state_shardings: Any = None) -> Callable:
+                     state_shardings: Any = None,
+                     teacher_head: Callable | None = None) -> Callable:
   """Builds ``train_chunk(state, batches, teacher_variables) -> (state, metrics)``.
 
   Args:
@@ -40,6 +42,8 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
     teacher_apply: ``(teacher_variables, x) -> (logits, features)`` for a teacher run
       inside the step (online), e.g. :func:`frozen_teacher_apply`. ``None`` when teacher
       logits come cached in ``batches["teacher_logits"]`` or no teacher is needed.
+    teacher_head: ``teacher_params -> [D, V]`` for the fused terms (``objective.needs_heads``;
+      the student's is :func:`kdjax.models.output_head` of ``model``).
     state_shardings: optional ``NamedSharding`` pytree of the state
       (:func:`kdjax.training._sharding.state_shardings`): every step's new state is
       constrained to it, so sharded params and optimizer state stay sharded (XLA's
@@ -52,12 +56,18 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
   counts nowhere, see :mod:`kdjax.training._padding`). Metrics are means over the K steps (over the finite
   ones, with health fields: :func:`kdjax.training._nonfinite.summarize_chunk`).
 
+  Language models (logits ``[B, T, V]``, ``y [B, T]``): the batch is ``B * T`` token
+  examples (:mod:`kdjax.training._tokens`), the tokens without a target (``y = -1``) masked.
+
   Under data parallelism (``batches`` sharded over a data mesh, the state
   replicated) ``jit`` computes BatchNorm's mean and variance over the *global* batch,
   as one device would: the statistics do not depend on the number of devices.
   """
   student = as_model(model)
   student_feature_paths = tuple(sorted(objective.student_features))
+  student_head = output_head(model) if objective.needs_heads else None
+  if objective.needs_heads and teacher_head is None and objective.needs_teacher:
+    raise ValueError("the objective's fused terms need teacher_head (the teacher's output head)")
 
   def loss_fn(params, model_state, rng, batch: Batch, teacher_variables, step):
     mask = batch.get("mask")  # [B] real rows of a padded batch (kdjax.training._padding)
@@ -81,14 +91,22 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
         teacher_features=teacher_features,
         student_params=params["student"],
         teacher_params=teacher_params,
+        student_head=None if student_head is None else student_head(params["student"]),
+        teacher_head=(None if teacher_head is None or teacher_params is None
+                      else teacher_head(teacher_params)),
         where=mask,
     )
+    if is_token_batch(student_logits):  # [B, T, V]: B * T token examples
+      inputs = token_examples(inputs)
     loss, metrics = objective(params["aux"], inputs, step=step)  # step: weight schedules
-    if "y" in batch:
-      metrics["accuracy"] = losses.masked_mean(jnp.argmax(student_logits, -1) == batch["y"], mask)
-    if teacher_logits is not None:
-      metrics["teacher_agreement"] = losses.masked_mean(
-          jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1), mask)
+    # Argmax metrics need the logits; with only fused terms jit never computes them.
+    if objective.uses_logits or not objective.needs_heads:
+      predicted = jnp.argmax(inputs.student_logits, -1)
+      if inputs.labels is not None:
+        metrics["accuracy"] = losses.masked_mean(predicted == inputs.labels, inputs.where)
+      if inputs.teacher_logits is not None:
+        metrics["teacher_agreement"] = losses.masked_mean(
+            predicted == jnp.argmax(inputs.teacher_logits, -1), inputs.where)
     return loss, (metrics, new_state)
 
   def train_step(state: TrainState, batch: Batch, teacher_variables) -> tuple[TrainState, dict]:

@@ -55,7 +55,7 @@ def check_workdir(workdir: pathlib.Path) -> None:
   Raises:
     OSError: naming the workdir and why it cannot be written.
   """
-  probe = workdir / ".kdjax_write_test"
+  probe = workdir / f".kdjax_write_test.{os.getpid()}"  # per process: hosts share a workdir
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe.write_text("")

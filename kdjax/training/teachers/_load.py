@@ -38,12 +38,57 @@ from kdjax.models import as_model, eval_logits, get_model
 from kdjax.training._checkpoint import load_variables
 
 
+def hf_decoder_config(hf_path: str, num_classes: int, *, field: str) -> dict:
+  """``{"name": "decoder", **fields}`` of a Hugging Face folder's ``config.json``.
+
+  Raises:
+    ValueError: if the data's ``num_classes`` tokens do not fit its vocabulary.
+  """
+  from kdjax import convert
+  fields = convert.decoder_fields(convert.read_config(hf_path),
+                                  file=f"{field}={hf_path!r}: config.json")
+  if num_classes > fields["num_classes"]:
+    raise ValueError(f"{field}={hf_path!r}: vocab_size {fields['num_classes']} is smaller than "
+                     f"the data's {num_classes} token ids")
+  return {"name": "decoder", **fields}
+
+
 def model_from_config(model_config: dict, num_classes: int) -> nn.Module:
-  """``get_model(name, num_classes=..., **other fields)`` from a ``config.model`` dict."""
+  """``get_model(name, num_classes=..., **other fields)`` from a ``config.model`` dict;
+  ``{"name": "decoder", "hf_path": DIR}`` is the decoder of a Hugging Face folder (its
+  ``config.json``: :func:`kdjax.convert.from_hf`), whose vocabulary size is its own."""
   fields = dict(model_config)
+  if fields.get("hf_path"):
+    extra = sorted(set(fields) - {"name", "hf_path"})
+    if fields.get("name") != "decoder" or extra:
+      raise ValueError(f"config.model.hf_path={fields['hf_path']!r} gives the whole model; set "
+                       f"config.model.name='decoder' and no other fields (got name "
+                       f"{fields.get('name')!r}, fields {extra})")
+    fields = hf_decoder_config(fields["hf_path"], num_classes, field="config.model.hf_path")
+    num_classes = fields.pop("num_classes")
+  fields.pop("hf_path", None)
   name = fields.pop("name")
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+  if name == "decoder" and "num_classes" in fields:  # a run.json of a distilled decoder
+    num_classes = fields.pop("num_classes")
   return get_model(name, num_classes=num_classes, **fields)
+
+
+def student_from_config(model_config: dict, num_classes: int) -> tuple[Any, dict]:
+  """``(model, model_info)`` of ``config.model``: the registry model, or with ``hf_path``
+  a :class:`kdjax.models.PretrainedModel` starting from the checkpoint's weights.
+  ``model_info`` is what ``run.json`` records to rebuild it (a Hugging Face student as
+  ``{"name": "decoder", **its fields}``, so its workdir is a teacher without the folder)."""
+  model_config = dict(model_config)
+  if not model_config.get("hf_path"):
+    return model_from_config(model_config, num_classes), model_config
+  from kdjax import convert
+  from kdjax.models import PretrainedModel
+  model = model_from_config(model_config, num_classes)  # checks the fields and vocabulary
+  _, variables = convert.from_hf(model_config["hf_path"], dtype=None)
+  info = {"name": "decoder", **{k: getattr(model, k) for k in convert.decoder_fields(
+      convert.read_config(model_config["hf_path"]))}}
+  return PretrainedModel(model, variables), info
 
 
 def load_run(workdir: str | pathlib.Path) -> tuple[nn.Module, Any, dict]:
@@ -125,6 +170,11 @@ def load_teacher_groups(teacher_config, *, num_classes: int, sample_x) -> list[T
     ValueError: if both or neither are given, or ``model.name`` is missing.
   """
   params_file = teacher_config.params_file
+  if teacher_config.hf_path:
+    given = [f for f in ("workdir", "params_file") if teacher_config[f]]
+    if given:
+      raise ValueError(f"Set config.teacher.hf_path or config.teacher.{given[0]}, not both")
+    return [hf_teacher(teacher_config.hf_path, num_classes=num_classes)]
   if not params_file:
     return load_teachers(teacher_config.workdir, num_classes=num_classes)
   if teacher_config.workdir:
@@ -140,6 +190,16 @@ def load_teacher_groups(teacher_config, *, num_classes: int, sample_x) -> list[T
                                 num_classes=num_classes)
   return [TeacherGroup(model=model, variables=jax.tree.map(lambda a: a[None], variables),
                        workdirs=(str(params_file),), indices=(0,))]
+
+
+def hf_teacher(hf_path: str, *, num_classes: int) -> TeacherGroup:
+  """A Hugging Face causal LM (``config.teacher.hf_path``) as a one-member group; its
+  params keep the checkpoint's dtype (``bfloat16`` stays ``bfloat16``)."""
+  from kdjax import convert
+  hf_decoder_config(hf_path, num_classes, field="config.teacher.hf_path")  # the vocabulary
+  model, variables = convert.from_hf(hf_path, dtype=None)
+  return TeacherGroup(model=model, variables=jax.tree.map(lambda a: a[None], variables),
+                      workdirs=(str(hf_path),), indices=(0,))
 
 
 def single_teacher(groups: list[TeacherGroup]) -> tuple[nn.Module, Any]:
@@ -229,6 +289,34 @@ def read_run_info(path: pathlib.Path) -> dict:
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); is this a kdjax "
                      "run that finished writing?") from None
+
+
+def check_same_vocabulary(student: Any, groups, sample_x, *, student_source: str = "",
+                          teacher_source: str = "") -> None:
+  """A language-model teacher and student predict the same vocabulary: equal logit widths
+  (from shapes only) and, where both folders hold a ``tokenizer.json``, equal vocabularies.
+
+  Raises:
+    ValueError: naming both sides' sizes or tokenizer files.
+  """
+  spec = jax.ShapeDtypeStruct(sample_x.shape, sample_x.dtype)
+  model = as_model(student)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), spec))
+  width = jax.eval_shape(eval_logits(model), variables, spec).shape[-1]
+  for group in groups:
+    member = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
+                          group.variables)
+    t_width = jax.eval_shape(eval_logits(group.model), member, spec).shape[-1]
+    if t_width != width:
+      raise ValueError(f"Teacher {', '.join(group.workdirs)} predicts a vocabulary of {t_width} "
+                       f"tokens but the student {width}; distillation over tokens needs the same "
+                       "vocabulary (cross-tokenizer distillation is not supported)")
+  files = [pathlib.Path(p) / "tokenizer.json" for p in (student_source, teacher_source) if p]
+  if len(files) == 2 and all(f.is_file() for f in files):
+    vocabs = [json.loads(f.read_text()).get("model", {}).get("vocab") for f in files]
+    if vocabs[0] != vocabs[1]:
+      raise ValueError(f"Tokenizers differ: {files[0]} and {files[1]} map tokens to other ids; "
+                       "teacher and student must share the vocabulary")
 
 
 def check_teachers_take(groups, sample_x) -> None:

@@ -92,11 +92,15 @@ def setup_teachers(config, objective, *, num_classes: int, sample_x, data, evalu
   online = not config.teacher.cache or objective.teacher_features or objective.needs_params
   if data.streaming and not online:
     raise _no_stream_cache(config, data)
+  if data.tokens and not online:
+    raise ValueError("config.teacher.cache=True but the data are token rows: their [N, T, V] "
+                     "teacher logits are not cached; set config.teacher.cache=False (the "
+                     "teacher runs in the step)")
   # Online (one teacher or a fused ensemble in the step) or cached targets (disk, reused):
   # kdjax.training.teachers._setup.
   ready = prepare_teachers(config, groups, objective=objective, train_x=data.train_x,
                            workdir=workdir, mesh=mesh, variable_shardings=variable_shardings)
-  if data.streaming:
+  if data.streaming or data.tokens:
     predict = jax.jit(lambda variables, x: ready.apply(variables, x)[0])
     test = {**evaluate(predict, ready.variables)["test"], "members": sum(g.size for g in groups)}
   else:
