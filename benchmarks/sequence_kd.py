@@ -1,24 +1,25 @@
-"""Student perplexity alone, with full-logit KD (online teacher, fused loss) and with
-stored top-k KD (k = 8, 32), 3 seeds each, on stdlib source bytes (configs/sequence).
+"""Byte-level student perplexity alone, with full-logit KD and with the fused terms, 3 seeds
+each, on stdlib source bytes, all through `train_and_evaluate` (configs/sequence/byte_lm_kd.py).
 
-  python benchmarks/sequence_kd.py [--workdir /tmp/kdjax_seq] [--smoke]
+  python benchmarks/sequence_kd.py [--workdir /tmp/kdjax_seq] [--smoke] [--seeds 0,1,2]
 
-Writes benchmarks/results/sequence_kd.json and prints a markdown table (mean +- std).
+The teacher (seed 0) is trained once; each student method runs once per seed. Writes
+benchmarks/results/sequence_kd.json and prints a markdown table (mean +- std over seeds).
 """
 
 import argparse
 import json
 import os
+import shutil
 import time
 
 import jax
 import numpy as np
 
-from kdjax import config as configs
-from kdjax.programs import lm_distill
+from kdjax.config import load_config
+from kdjax.training import train_and_evaluate
 
-METHODS = (("alone", "none"), ("full-logit KD", "full"), ("top-8 KD", "topk,k=8"),
-           ("top-32 KD", "topk,k=32"))
+METHODS = (("alone", "none"), ("full-logit KD", "full"), ("fused KD", "fused"))
 
 
 def main():
@@ -28,21 +29,35 @@ def main():
   parser.add_argument("--seeds", default="0,1,2")
   args = parser.parse_args()
   seeds = tuple(int(s) for s in args.seeds.split(","))
-  t0 = time.perf_counter()
-  load = os.getloadavg()
+  smoke = ",smoke" if args.smoke else ""
+  shutil.rmtree(args.workdir, ignore_errors=True)
+  t0, load = time.perf_counter(), os.getloadavg()
+  quiet = {"progress_bar": False}
+  teacher_dir = os.path.join(args.workdir, "teacher")
+  teacher = train_and_evaluate(load_config("sequence/byte_lm_kd.py", "teacher" + smoke, quiet),
+                               teacher_dir)
   rows = {}
   for label, arg in METHODS:
-    config = configs.load_config("sequence/byte_lm_kd.py", arg + (",smoke" if args.smoke else ""))
-    rows[label] = lm_distill.run(config, args.workdir, seeds=seeds)
-    print(label, [round(r["student_val_perplexity"], 3) for r in rows[label]], flush=True)
-  summary = {label: {"mean": float(np.mean([r["student_val_perplexity"] for r in rs])),
-                     "std": float(np.std([r["student_val_perplexity"] for r in rs], ddof=1))
+    rows[label] = []
+    for seed in seeds:
+      overrides = {**quiet, "seed": seed, "teacher.workdir": teacher_dir}
+      t1 = time.perf_counter()
+      s = train_and_evaluate(load_config("sequence/byte_lm_kd.py", arg + smoke, overrides),
+                             os.path.join(args.workdir, f"{arg}_seed{seed}"))
+      rows[label].append({"seed": seed, "test_perplexity": s["test"]["perplexity"],
+                          "test_nll": s["test"]["nll"], "test_accuracy": s["test"]["accuracy"],
+                          "seconds": round(time.perf_counter() - t1, 1),
+                          "params": s["params"]})
+    print(label, [round(r["test_perplexity"], 3) for r in rows[label]], flush=True)
+  summary = {label: {"mean": float(np.mean([r["test_perplexity"] for r in rs])),
+                     "std": float(np.std([r["test_perplexity"] for r in rs], ddof=1))
                      if len(rs) > 1 else 0.0}
              for label, rs in rows.items()}
-  out = {"config": configs.load_config("sequence/byte_lm_kd.py",
-                                       "smoke" if args.smoke else None).to_dict(),
-         "seeds": seeds, "runs": rows, "student_val_perplexity": summary,
-         "teacher_val_perplexity": rows["alone"][0]["teacher_val_perplexity"],
+  out = {"config": {arg: load_config("sequence/byte_lm_kd.py", arg + smoke).to_dict()
+                    for _, arg in (("teacher", "teacher"),) + METHODS},
+         "seeds": seeds, "runs": rows, "student_test_perplexity": summary,
+         "teacher_test_perplexity": teacher["test"]["perplexity"],
+         "teacher_params": teacher["params"],
          "jax": jax.__version__, "cpu_count": os.cpu_count(),
          "loadavg_start": [round(x, 2) for x in load],
          "loadavg_end": [round(x, 2) for x in os.getloadavg()],
@@ -51,15 +66,13 @@ def main():
     path = os.path.join(os.path.dirname(__file__), "results", "sequence_kd.json")
     with open(path, "w") as f:
       json.dump(out, f, indent=1)
-  print(f"\nteacher val perplexity {out['teacher_val_perplexity']:.3f} "
-        f"({rows['alone'][0]['teacher_params']} params); student "
-        f"{rows['alone'][0]['student_params']} params; seeds {seeds}\n")
-  print("| student | val perplexity (mean +- std) | store bytes/token |")
-  print("|---|---|---|")
-  for label, rs in rows.items():
-    bpt = rs[0].get("store_bytes_per_token")
-    print(f"| {label} | {summary[label]['mean']:.3f} +- {summary[label]['std']:.3f} | "
-          f"{'' if bpt is None else f'{bpt:.1f}'} |")
+  print(f"\nteacher test perplexity {out['teacher_test_perplexity']:.3f} "
+        f"({teacher['params']} params); student {rows['alone'][0]['params']} params; "
+        f"seeds {seeds}\n")
+  print("| student | test perplexity (mean +- std) |")
+  print("|---|---|")
+  for label in rows:
+    print(f"| {label} | {summary[label]['mean']:.3f} +- {summary[label]['std']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -183,3 +183,14 @@ def test_trainer_overlap_tiny(tmp_path):
                                   log_every=2, intervals=2) for m in bench.MODES}
   assert [configs[m].data.prefetch for m in bench.MODES] == [2, 0, 0]
   assert [configs[m].log_every for m in bench.MODES] == [2, 2, 1]
+
+
+def test_lm_fused_step_smoke(tmp_path):
+  """The LM step benchmark at V=4096: memory of the three steps, kdjax's from
+  memory_report(config); the fused step plans less memory than the full-logit ones."""
+  memory = _load("lm_fused_step").main(["--smoke", "--out-dir", str(tmp_path)])
+  assert memory["fused"]["peak_estimate"] < memory["full"]["peak_estimate"]
+  assert memory["fused"]["compiled_step"]["temp"] < memory["full"]["compiled_step"]["temp"]
+  assert memory["fused"]["per_device_bytes"]["teacher_params"] > 0
+  payload = json.loads((tmp_path / "lm_fused_step_smoke.json").read_text())
+  assert set(payload["seconds"]) == {"kdjax full", "kdjax fused", "plain JAX"}

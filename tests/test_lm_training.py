@@ -266,3 +266,40 @@ def test_two_processes_train_like_one(byte_teacher, tmp_path):
       np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5),
                load_params(tmp_path / "one"), load_params(multi))
+
+
+def test_memory_report_from_the_config_matches_the_run(byte_teacher, tmp_path):
+  """memory_report(config) sizes a teacher + student pair before any step: the same
+  per-device bytes as the run's placed arrays, and the compiled step's plan."""
+  from kdjax.training import memory_report
+  config = _config("fused,smoke", **{"teacher.workdir": str(byte_teacher)})
+  config.mesh = ml_collections.ConfigDict({"data": 2, "model": 4})
+  config.sharding.student = config.sharding.teacher = models.decoder_sharding_rules()
+  report = memory_report(config)
+  summary = train_and_evaluate(config, str(tmp_path / "w"))
+  placed = summary["memory"]["per_device_bytes"]
+  for key in ("student_params", "optimizer_state", "teacher_params"):
+    assert report["per_device_bytes"][key] == placed[key], key
+  assert report["mesh"] == {"data": 2, "model": 4} and report["tokens_per_step"] == 16 * 32
+  run_temp = summary["memory"]["compiled_step"]["temp"]
+  assert abs(report["compiled_step"]["temp"] - run_temp) <= 0.1 * run_temp
+
+
+def test_stored_topk_teacher_trains_and_is_reused(byte_teacher, tmp_path):
+  """config.teacher.topk: the teacher's top-k written once (ArrayRecord) and reused by the
+  next run; at k = V (256) sparse_kl 'tail' is forward KL, so the run tracks the online
+  full-logit one up to the store's float16 rounding."""
+  teacher = {"teacher.workdir": str(byte_teacher), "teacher.cache_dir": str(tmp_path / "cache")}
+  full = train_and_evaluate(_config("full,smoke", **teacher), str(tmp_path / "full"))
+  first = train_and_evaluate(_config("topk,k=256,smoke", **teacher), str(tmp_path / "topk"))
+  assert not first["teacher_cache"]["reused"] and first["teacher_cache"]["bytes_per_token"] > 0
+  for a, b in zip(_metrics(tmp_path / "full"), _metrics(tmp_path / "topk")):
+    np.testing.assert_allclose(b["train/loss/sparse_kl"], a["train/loss/forward_kl"], rtol=5e-3)
+  np.testing.assert_allclose(first["test"]["nll"], full["test"]["nll"], rtol=1e-3)
+  again = train_and_evaluate(_config("topk,k=256,smoke", seed=1, **teacher), str(tmp_path / "b"))
+  assert again["teacher_cache"]["reused"]
+  assert again["teacher_cache"]["path"] == first["teacher_cache"]["path"]
+  with pytest.raises(ValueError, match=r"the sparse_kl term as the only teacher term"):
+    config = _config("topk,smoke", **teacher)
+    config.losses.forward_kl = {"weight": 0.1}
+    train_and_evaluate(config, str(tmp_path / "c"))

@@ -10,14 +10,16 @@ full-logit KD and with the fused loss, 3 seeds).
 Args (comma-separated): "teacher" (the teacher, cross-entropy), "none" (the student alone),
 "full" (0.5 cross-entropy + 0.5 forward KL on the [B*T, V] logits), "fused" (the same two
 terms fused with the output heads: fused_cross_entropy + fused_kd, no [B*T, V] logits),
-"smoke" (tiny sizes, seconds). The distilling variants need --config.teacher.workdir (a
+"topk" with "k=<int>" (default 8: the teacher's top-k log-probabilities of every training
+token written once to an ArrayRecord store, then 0.5 cross-entropy + 0.5 sparse_kl "tail";
+the teacher never runs in the step), "smoke" (tiny sizes, seconds). The distilling variants need --config.teacher.workdir (a
 teacher run) or --config.teacher.hf_path (a Hugging Face folder with a 256-token vocabulary).
 """
 
 from kdjax.training import default_config, smoke_variant
 
 # The words --config sequence/byte_lm_kd.py:ARG accepts, comma-separated.
-ARGS = ("teacher", "none", "full", "fused", "smoke")
+ARGS = ("teacher", "none", "full", "fused", "topk", "k=", "smoke")
 
 
 def _decoder(width: int, layers: int, heads: int, kv_heads: int) -> dict:
@@ -26,10 +28,13 @@ def _decoder(width: int, layers: int, heads: int, kv_heads: int) -> dict:
 
 
 def get_config(arg: str | None = None):
-  args = set(a for a in (arg or "").split(",") if a)
-  methods = args & {"teacher", "none", "full", "fused"}
+  words = [a for a in (arg or "").split(",") if a]
+  k = next((int(a[2:]) for a in words if a.startswith("k=")), 8)
+  args = set(a for a in words if not a.startswith("k="))
+  methods = args & {"teacher", "none", "full", "fused", "topk"}
   if len(methods) > 1:
-    raise ValueError(f"byte_lm_kd: pick one of teacher|none|full|fused, got {sorted(methods)}")
+    raise ValueError(f"byte_lm_kd: pick one of teacher|none|full|fused|topk, got "
+                     f"{sorted(methods)}")
   method = next(iter(methods), "none")
   c = default_config()
   c.data.name = "stdlib_bytes"
@@ -40,6 +45,9 @@ def get_config(arg: str | None = None):
     c.losses = {"cross_entropy": ce}
   elif method == "full":
     c.losses = {"cross_entropy": ce, "forward_kl": {"weight": 0.5}}
+  elif method == "topk":
+    c.losses = {"cross_entropy": ce, "sparse_kl": {"weight": 0.5, "variant": "tail"}}
+    c.teacher.topk = k
   else:
     c.losses = {"fused_cross_entropy": {**ce, "chunk_size": 512},
                 "fused_kd": {"weight": 0.5, "divergence": "forward_kl", "chunk_size": 512}}

@@ -63,6 +63,11 @@ def default_config() -> ml_collections.ConfigDict:
   # A Hugging Face causal LM folder (config.json + *.safetensors) as the teacher
   # (kdjax.convert.from_hf); the student's is config.model = {"name": "decoder", "hf_path": DIR}.
   c.teacher.hf_path = ""
+  # Language models: k > 0 writes the teacher's top-k log-probabilities of every training
+  # token once to an ArrayRecord store (in cache_dir) and trains from it (the sparse_kl
+  # term); the teacher never runs in the step (kdjax.training.teachers._topk).
+  c.teacher.topk = 0
+  c.teacher.topk_shards = 4
   c.teacher.dtype = ""         # teacher compute dtype ("": config.dtype); params stay as loaded
 
   # Structure distillation: copy teacher layers into the student before training.

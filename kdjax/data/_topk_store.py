@@ -91,7 +91,8 @@ def write_topk_logits(teacher_fn: Callable[[jax.Array], jax.Array], tokens: np.n
   p = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   os.makedirs(directory, exist_ok=True)
-  meta = {"k": k, "sequence_length": int(tokens.shape[1]), "num_examples": int(len(tokens)),
+  # tokens: [N, T], or packed rows [N, 2, T] (tokens, segment ids)
+  meta = {"k": k, "sequence_length": int(tokens.shape[-1]), "num_examples": int(len(tokens)),
           "num_shards": num_shards, "dtype": dtype, "temperature": temperature,
           "process_count": count}
   meta_path = os.path.join(directory, META)

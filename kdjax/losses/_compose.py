@@ -68,6 +68,7 @@ from kdjax.losses import _fused_ce
 from kdjax.losses import _kd
 from kdjax.losses import _relational
 from kdjax.losses import _schedules
+from kdjax.losses import _sparse
 from kdjax.losses import _targets
 from kdjax.losses import _weights
 
@@ -91,6 +92,8 @@ class LossInputs:
     teacher_params: teacher parameter pytree.
     student_head, teacher_head: ``[d, C]`` output projections (a language model's head,
       read by the fused terms with the final hidden states as features), or ``None``.
+    teacher_topk_log_probs, teacher_topk_indices: ``[B, k]`` a teacher stored as its top-k
+      log-probabilities and their token ids (the ``sparse_kl`` term), or ``None``.
     where: ``[B]`` bool, the valid (non-padding) examples, or ``None`` for all.
   """
 
@@ -104,6 +107,8 @@ class LossInputs:
   teacher_params: Any = None
   student_head: jax.Array | None = None
   teacher_head: jax.Array | None = None
+  teacher_topk_log_probs: jax.Array | None = None
+  teacher_topk_indices: jax.Array | None = None
   where: jax.Array | None = None
 
 
@@ -157,10 +162,12 @@ def _fused_kd(student_hidden, teacher_hidden, student_head, teacher_head, *, div
                                         temperature=temperature, chunk_size=chunk_size)
 
 INPUTS = ("student_logits", "teacher_logits", "labels", "label_probs", "student_feature",
-          "teacher_feature", "student_params", "teacher_params", "student_head", "teacher_head")
+          "teacher_feature", "student_params", "teacher_params", "student_head", "teacher_head",
+          "teacher_topk_log_probs", "teacher_topk_indices")
 _LOGITS = ("student_logits", "teacher_logits")
 _FEATURES = ("student_feature", "teacher_feature")
 _PARAMS = ("student_params", "teacher_params")
+_TOPK = ("teacher_topk_log_probs", "teacher_topk_indices")
 
 # A literal registry: name -> spec. No import-time registration.
 TERMS: dict[str, TermSpec] = {
@@ -199,6 +206,8 @@ TERMS: dict[str, TermSpec] = {
     "fused_cross_entropy": TermSpec(_fused_ce.fused_cross_entropy,
                                     ("student_feature", "student_head", "labels"),
                                     {"student_feature": "hidden", "chunk_size": 1024}),
+    "sparse_kl": TermSpec(_sparse.sparse_kl, ("student_logits", "teacher_topk_log_probs",
+                                              "teacher_topk_indices"), {"variant": "tail"}),
     "weight_matching": TermSpec(_weights.weight_matching, _PARAMS,
                                 {"mapping": None, "normalize": True}, batch_level=True),
 }
@@ -333,7 +342,12 @@ class Objective:
   @property
   def needs_teacher(self) -> bool:
     return bool(self._takes("teacher_logits", "teacher_feature", "teacher_params",
-                            "teacher_head"))
+                            "teacher_head", *_TOPK))
+
+  @property
+  def needs_topk(self) -> bool:
+    """A term reads a stored top-k teacher (``sparse_kl``)."""
+    return bool(self._takes(*_TOPK))
 
   @property
   def needs_heads(self) -> bool:
@@ -442,6 +456,8 @@ class Objective:
           student_logits=row_wise(inputs.student_logits),
           labels=row_wise(inputs.labels), label_probs=row_wise(inputs.label_probs),
           teacher_logits=row_wise(inputs.teacher_logits),
+          teacher_topk_log_probs=row_wise(inputs.teacher_topk_log_probs),
+          teacher_topk_indices=row_wise(inputs.teacher_topk_indices),
           student_features=jax.tree.map(row_wise, inputs.student_features),
           teacher_features=jax.tree.map(row_wise, inputs.teacher_features))
     metrics = {}

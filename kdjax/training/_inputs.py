@@ -46,14 +46,17 @@ class InMemoryBatches:
   Args:
     x, y: training inputs ``[N, ...]`` and labels ``[N]`` (``None``: unlabelled).
     teacher_cache: ``[N, C]`` teacher targets per example, or ``None``.
+    teacher_topk: ``{"topk_log_probs", "topk_indices"}``: ``[N, T, k]`` a stored top-k
+      teacher per token row (:mod:`kdjax.training.teachers._topk`), or ``None``.
     batch_size: the global batch size.
     seed: the order's seed.
     mesh: the data mesh.
   """
 
   def __init__(self, x: np.ndarray, y: np.ndarray | None, *, teacher_cache: Any = None,
-               batch_size: int, seed: int, mesh):
+               teacher_topk: dict | None = None, batch_size: int, seed: int, mesh):
     self.x, self.y, self.teacher_cache = x, y, teacher_cache
+    self.teacher_topk = teacher_topk or {}
     self.batch_size, self.seed, self.mesh = batch_size, seed, mesh
     _, self.rows = local_rows(batch_size, mesh)  # this host's rows, padded for its devices
 
@@ -69,6 +72,8 @@ class InMemoryBatches:
       batch["y"] = self.y[idx]
     if self.teacher_cache is not None:
       batch["teacher_logits"] = self.teacher_cache[idx]
+    for name, values in self.teacher_topk.items():
+      batch[name] = values[idx]
     return kd_data.shard_batch(batch, self.mesh, batch_axis=1)
 
   def get_state(self) -> None:
@@ -214,11 +219,12 @@ def load_training_data(config, objective, *, eval_batch_size: int) -> TrainingDa
                       sample_x=sample["x"], sample_y=sample["y"], pipelines=pipelines)
 
 
-def make_batches(data: TrainingData, config, *, mesh, teacher_cache=None,
+def make_batches(data: TrainingData, config, *, mesh, teacher_cache=None, teacher_topk=None,
                  state=None) -> "InMemoryBatches | StreamBatches":
   """The training batches of ``data``, resumed at the saved stream position ``state``."""
   if data.streaming:
     return StreamBatches(data.pipelines["train"], mesh=mesh, prefetch=config.data.prefetch,
                          steps_per_call=config.steps_per_call or config.log_every, state=state)
   return InMemoryBatches(data.train_x, data.train_y, teacher_cache=teacher_cache,
-                         batch_size=config.batch_size, seed=config.seed, mesh=mesh)
+                         teacher_topk=teacher_topk, batch_size=config.batch_size,
+                         seed=config.seed, mesh=mesh)

@@ -157,7 +157,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, changes: di
                                  teacher_head=teacher_head)
   train_chunk = _sharding.KeepCompiled(train_chunk)  # for XLA's memory analysis
   predict = make_predict(model)
-  inputs = make_batches(data, config, mesh=mesh, teacher_cache=teachers.cache, state=data_state)
+  inputs = make_batches(data, config, mesh=mesh, teacher_cache=teachers.cache,
+                        teacher_topk=teachers.topk, state=data_state)
   if config.transfer.fresh:  # new generated inputs every step (kdjax.training._fresh)
     inputs.close()
     inputs = FreshChunks(config, teachers, mesh=mesh)

@@ -11,6 +11,7 @@ slice has. The analysis is the compiling backend's (XLA:CPU for a CPU dry run); 
 accelerator's compiler fuses and schedules differently.
 """
 
+import dataclasses
 import json
 import pathlib
 from typing import Any
@@ -66,27 +67,33 @@ def _bytes_per_device(tree) -> int:
                  for s in jax.tree.leaves(tree)))
 
 
-def memory_report(config) -> dict[str, Any]:
-  """Per-device bytes of ``config``'s run before its first step (module docstring).
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+  """A run's jitted train chunk and the abstract (shape, dtype, sharding) arguments it is
+  compiled for: ``chunk(state, batches, teacher_variables)``."""
 
-  Returns:
-    ``{"per_device_bytes": {"student_params", "optimizer_state", "teacher_params"},
-    "compiled_step": {"argument", "output", "alias", "temp", "generated_code"},
-    "peak_estimate": argument + output - alias + temp, "mesh", "tokens_per_step"}``.
-  """
+  chunk: Any
+  state: Any
+  batches: dict
+  teacher_variables: Any
+  mesh: Any
+  tokens_per_step: int
+
+
+def plan_train_step(config) -> StepPlan:
+  """The train chunk of ``config`` for one step, with abstract arguments (module docstring)."""
   check_config(config)
   config = with_defaults(config)
   mesh = _sharding.make_mesh(config.mesh, config.num_devices)
   objective = losses.make_objective(config.losses)
   data = load_training_data(config, objective, eval_batch_size=mesh.size)
   sample = jnp.asarray(data.sample_x[:1])
-  fields = dict(config.model.to_dict())
-  student = model_from_config(fields, data.num_classes)
+  student = model_from_config(dict(config.model.to_dict()), data.num_classes)
   model = _precision.with_compute_dtype(student, config.dtype)
   tx = _nonfinite.wrap_optimizer(make_optimizer(config.optimizer, max(config.num_steps, 1),
                                                 steps_per_epoch=1),
                                  config.on_nonfinite, config.num_steps)
-  teacher_model, teacher_vars, teacher_apply, teacher_head = None, None, None, None
+  teacher_vars, teacher_apply, teacher_head = None, None, None
   if objective.needs_teacher:
     teacher_model, teacher_vars = _abstract_teacher(config, data.num_classes, sample, mesh)
     group = TeacherGroup(model=_precision.with_compute_dtype(
@@ -105,23 +112,38 @@ def memory_report(config) -> dict[str, Any]:
   state = jax.eval_shape(init_state)
   state = _with_shardings(state, _sharding.state_shardings(state, tx, config.sharding.student,
                                                            mesh))
-  batch = {"x": data.sample_x, "y": data.sample_y}
   batch_sharding = NamedSharding(mesh, P(None, "data"))
   batches = {k: jax.ShapeDtypeStruct((1, config.batch_size, *v.shape[1:]), v.dtype,
-                                     sharding=batch_sharding) for k, v in batch.items()}
+                                     sharding=batch_sharding)
+             for k, v in {"x": data.sample_x, "y": data.sample_y}.items()}
   chunk = make_train_chunk(model=model, objective=objective, tx=tx, teacher_apply=teacher_apply,
                            teacher_head=teacher_head,
                            state_shardings=jax.tree.map(lambda s: s.sharding, state))
-  compiled = chunk.lower(state, batches, teacher_vars).compile()
+  return StepPlan(chunk=chunk, state=state, batches=batches, teacher_variables=teacher_vars,
+                  mesh=mesh, tokens_per_step=int(config.batch_size
+                                                 * np.prod(data.sample_y.shape[1:])))
+
+
+def memory_report(config) -> dict[str, Any]:
+  """Per-device bytes of ``config``'s run before its first step (module docstring).
+
+  Returns:
+    ``{"per_device_bytes": {"student_params", "optimizer_state", "teacher_params"},
+    "compiled_step": {"argument", "output", "alias", "temp", "generated_code"},
+    "peak_estimate": argument + output - alias + temp, "mesh", "tokens_per_step"}``.
+  """
+  plan = plan_train_step(config)
+  compiled = plan.chunk.lower(plan.state, plan.batches, plan.teacher_variables).compile()
   stats = _sharding.compiled_memory(compiled) or {}
   return {
       "per_device_bytes": {
-          "student_params": _bytes_per_device(state.params["student"]),
-          "optimizer_state": _bytes_per_device(state.opt_state),
-          "teacher_params": 0 if teacher_vars is None else _bytes_per_device(teacher_vars)},
+          "student_params": _bytes_per_device(plan.state.params["student"]),
+          "optimizer_state": _bytes_per_device(plan.state.opt_state),
+          "teacher_params": (0 if plan.teacher_variables is None
+                             else _bytes_per_device(plan.teacher_variables))},
       "compiled_step": stats,
       "peak_estimate": (stats.get("argument", 0) + stats.get("output", 0)
                         - stats.get("alias", 0) + stats.get("temp", 0)),
-      "mesh": dict(mesh.shape),
-      "tokens_per_step": int(config.batch_size * np.prod(data.sample_y.shape[1:])),
+      "mesh": dict(plan.mesh.shape),
+      "tokens_per_step": plan.tokens_per_step,
   }

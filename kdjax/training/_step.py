@@ -52,6 +52,7 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
   The returned function is jitted with the state donated. ``batches`` holds
   ``"x": [K, B, ...]`` and optionally ``"y": [K, B]``, ``"label_probs": [K, B, C]``
   (soft targets, e.g. mixup's; they replace one-hot labels in the terms that take them),
+  ``"topk_log_probs"`` / ``"topk_indices"`` ``[K, B, T, k]`` (a stored top-k teacher),
   ``"teacher_logits": [K, B, C]`` and ``"mask": [K, B]`` (``False``: a padded row that
   counts nowhere, see :mod:`kdjax.training._padding`). Metrics are means over the K steps (over the finite
   ones, with health fields: :func:`kdjax.training._nonfinite.summarize_chunk`).
@@ -94,6 +95,8 @@ def make_train_chunk(*, model: Any, objective: losses.Objective,
         student_head=None if student_head is None else student_head(params["student"]),
         teacher_head=(None if teacher_head is None or teacher_params is None
                       else teacher_head(teacher_params)),
+        teacher_topk_log_probs=batch.get("topk_log_probs"),  # a stored top-k teacher
+        teacher_topk_indices=batch.get("topk_indices"),
         where=mask,
     )
     if is_token_batch(student_logits):  # [B, T, V]: B * T token examples

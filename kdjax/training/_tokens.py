@@ -41,6 +41,8 @@ def token_examples(inputs: losses.LossInputs) -> losses.LossInputs:
   return inputs.replace(
       student_logits=flat(inputs.student_logits), labels=labels,
       label_probs=flat(inputs.label_probs), teacher_logits=flat(inputs.teacher_logits),
+      teacher_topk_log_probs=flat(inputs.teacher_topk_log_probs),
+      teacher_topk_indices=flat(inputs.teacher_topk_indices),
       student_features={k: flat(v) for k, v in inputs.student_features.items()},
       teacher_features={k: flat(v) for k, v in inputs.teacher_features.items()},
       where=where)

@@ -51,6 +51,7 @@ class Teachers:
   apply: TeacherApply | None = None
   variables: Any = None
   cache: np.ndarray | None = None
+  topk: dict[str, np.ndarray] | None = None  # a stored top-k teacher: [N, T, k] per token row
   test: dict[str, Any] | None = None
   cache_info: dict[str, Any] | None = None  # disk cache {"path", "reused", "seconds"}
 
@@ -89,6 +90,9 @@ def setup_teachers(config, objective, *, num_classes: int, sample_x, data, evalu
   groups = load_teacher_groups(config.teacher, num_classes=num_classes, sample_x=sample_x)
   groups = teacher_groups_in(groups, config.teacher.dtype or config.dtype)
   check_teachers_take(groups, sample_x[:1])
+  if objective.needs_topk or config.teacher.topk:
+    return _stored_topk_teacher(config, groups, objective, data=data, evaluate=evaluate,
+                                workdir=workdir)
   online = not config.teacher.cache or objective.teacher_features or objective.needs_params
   if data.streaming and not online:
     raise _no_stream_cache(config, data)
@@ -107,6 +111,27 @@ def setup_teachers(config, objective, *, num_classes: int, sample_x, data, evalu
     test = teacher_test_scores(config, groups, data.splits["test"], mesh=mesh)
   return Teachers(groups=groups, test=test, apply=ready.apply, variables=ready.variables,
                   cache=ready.targets, cache_info=ready.cache)
+
+
+def _stored_topk_teacher(config, groups, objective, *, data, evaluate, workdir) -> Teachers:
+  """The teacher as its top-k store (:mod:`kdjax.training.teachers._topk`), measured on the
+  test split; the step reads only the store."""
+  from kdjax.training.teachers._topk import topk_store
+  k = int(config.teacher.topk)
+  others = sorted(t.label for t in objective.terms if t.name != "sparse_kl"
+                  and any(n.startswith("teacher") for n in t.spec.inputs))
+  if not objective.needs_topk or k < 1 or not data.tokens or others:
+    raise ValueError(f"a stored top-k teacher needs config.teacher.topk=k >= 1 (got {k}), token "
+                     f"rows (got {'tokens' if data.tokens else 'examples'}) and the sparse_kl "
+                     f"term as the only teacher term (got teacher terms {others})")
+  cache_dir = pathlib.Path(config.teacher.cache_dir or default_cache_dir(workdir))
+  store, info = topk_store(groups, data.train_x, k=k, cache_dir=cache_dir,
+                           data=_data_identity(config), num_shards=config.teacher.topk_shards)
+  apply = make_teacher_apply(groups)
+  variables = teacher_variables(groups)
+  predict = jax.jit(lambda v, x: apply(v, x)[0])
+  test = {**evaluate(predict, variables)["test"], "members": sum(g.size for g in groups)}
+  return Teachers(groups=groups, test=test, topk=store, cache_info=info)
 
 
 @dataclasses.dataclass(frozen=True)
