@@ -1,5 +1,5 @@
-"""Byte-level student perplexity alone, with full-logit KD and with the fused terms, 3 seeds
-each, on stdlib source bytes, all through `train_and_evaluate` (configs/sequence/byte_lm_kd.py).
+"""Byte-level student perplexity alone, with full-logit KD, with the fused terms and from a
+stored top-k teacher (k = 8, 32), 3 seeds each, on stdlib source bytes, all through `train_and_evaluate` (configs/sequence/byte_lm_kd.py).
 
   python benchmarks/sequence_kd.py [--workdir /tmp/kdjax_seq] [--smoke] [--seeds 0,1,2]
 
@@ -19,7 +19,8 @@ import numpy as np
 from kdjax.config import load_config
 from kdjax.training import train_and_evaluate
 
-METHODS = (("alone", "none"), ("full-logit KD", "full"), ("fused KD", "fused"))
+METHODS = (("alone", "none"), ("full-logit KD", "full"), ("fused KD", "fused"),
+           ("top-8 KD (stored)", "topk,k=8"), ("top-32 KD (stored)", "topk,k=32"))
 
 
 def main():
@@ -31,6 +32,7 @@ def main():
   seeds = tuple(int(s) for s in args.seeds.split(","))
   smoke = ",smoke" if args.smoke else ""
   shutil.rmtree(args.workdir, ignore_errors=True)
+  os.environ["KDJAX_CACHE_DIR"] = os.path.join(args.workdir, "cache")  # a fresh top-k store
   t0, load = time.perf_counter(), os.getloadavg()
   quiet = {"progress_bar": False}
   teacher_dir = os.path.join(args.workdir, "teacher")
@@ -47,7 +49,7 @@ def main():
       rows[label].append({"seed": seed, "test_perplexity": s["test"]["perplexity"],
                           "test_nll": s["test"]["nll"], "test_accuracy": s["test"]["accuracy"],
                           "seconds": round(time.perf_counter() - t1, 1),
-                          "params": s["params"]})
+                          "params": s["params"], "teacher_cache": s["teacher_cache"]})
     print(label, [round(r["test_perplexity"], 3) for r in rows[label]], flush=True)
   summary = {label: {"mean": float(np.mean([r["test_perplexity"] for r in rs])),
                      "std": float(np.std([r["test_perplexity"] for r in rs], ddof=1))
@@ -55,6 +57,7 @@ def main():
              for label, rs in rows.items()}
   out = {"config": {arg: load_config("sequence/byte_lm_kd.py", arg + smoke).to_dict()
                     for _, arg in (("teacher", "teacher"),) + METHODS},
+         "teacher_cache": {arg: rows[label][0].get("teacher_cache") for label, arg in METHODS},
          "seeds": seeds, "runs": rows, "student_test_perplexity": summary,
          "teacher_test_perplexity": teacher["test"]["perplexity"],
          "teacher_params": teacher["params"],

@@ -43,21 +43,28 @@ def save(name: str, folder: pathlib.Path, *, seed: int = 0, config_changes=None)
     setattr(cfg, k, v)
   torch.manual_seed(seed)
   model = tf.AutoModelForCausalLM.from_config(cfg).eval()
-  with torch.no_grad():  # random norms, so (1 + w) vs w would show
+  with torch.no_grad():
     for n, p in model.named_parameters():
-      if "norm" in n:
+      if "norm" in n:  # random norms, so (1 + w) vs w would show
         p.add_(0.1 * torch.randn_like(p))
+      elif "q_proj" in n or "k_proj" in n:  # attention scores large enough for soft-capping
+        p.mul_(6.0)
+      elif "embed" in n or "lm_head" in n:  # logits of several units: the final soft-cap bites
+        p.mul_(25.0)
   path = folder / name
   model.save_pretrained(path)
   return path
 
 
 def torch_logits(path, tokens, attention_mask):
-  """transformers' float32 PyTorch forward: ``[B, T, V]`` NumPy logits."""
+  """transformers' float32 PyTorch forward: ``[B, T, V]`` NumPy logits. The "eager"
+  attention is the reference: with ``sdpa`` (the default) transformers 5.12 drops Gemma 2's
+  attention soft-capping (0.18 logit difference on these tiny models)."""
   import numpy as np
   import torch
   import transformers as tf
-  model = tf.AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+  model = tf.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                  attn_implementation="eager").eval()
   with torch.no_grad():
     out = model(input_ids=torch.tensor(np.asarray(tokens), dtype=torch.long),
                 attention_mask=torch.tensor(np.asarray(attention_mask), dtype=torch.long))

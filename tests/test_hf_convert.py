@@ -49,7 +49,7 @@ def test_logits_match_transformers(folders, name, tmp_path):
   real = mask.astype(bool)
   assert ours.shape == ref.shape == (2, 12, hf_tiny.VOCAB)
   np.testing.assert_allclose(ours[real], ref[real], atol=1e-4, rtol=0)
-  assert np.abs(ref[real]).max() > 0.1  # not a degenerate comparison
+  assert np.abs(ref[real]).max() > 2.5  # logits of several units (hf_tiny scales the weights)
 
   # Export: transformers loads kdjax's folder and gives the same logits; so does from_hf.
   out = convert.to_hf(model, variables, tmp_path / "export")

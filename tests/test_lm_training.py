@@ -109,6 +109,19 @@ def test_hf_pairs_that_cannot_distil_fail_in_one_line(hf_folders, tmp_path):
     train_and_evaluate(config, str(tmp_path / "c"))
 
 
+def test_different_tokenizers_are_refused(hf_folders, tmp_path):
+  import shutil
+  folders = {}
+  for name, words in (("llama3", "ab"), ("qwen3", "ba")):
+    folders[name] = tmp_path / name
+    shutil.copytree(hf_folders[name], folders[name])
+    _tokenizer(folders[name], words=words)
+  config = _config("full,smoke", **{"teacher.hf_path": str(folders["llama3"])})
+  config.model = ml_collections.ConfigDict({"name": "decoder", "hf_path": str(folders["qwen3"])})
+  with pytest.raises(ValueError, match=r"Tokenizers differ: .*qwen3/tokenizer.json and .*llama3"):
+    train_and_evaluate(config, str(tmp_path / "w"))
+
+
 def test_vocabulary_mismatch_is_one_line(hf_folders, byte_teacher, tmp_path):
   """A student whose head is wider than the teacher's (V 256 vs a 300-token decoder)."""
   config = _config("full,smoke", **{"teacher.workdir": str(byte_teacher)})
@@ -117,9 +130,9 @@ def test_vocabulary_mismatch_is_one_line(hf_folders, byte_teacher, tmp_path):
     train_and_evaluate(config, str(tmp_path / "w"))
 
 
-def _tokenizer(folder: pathlib.Path) -> pathlib.Path:
+def _tokenizer(folder: pathlib.Path, words=None) -> pathlib.Path:
   from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
-  words = "the a cat dog sat on mat ran to and fast slow big small red blue".split()
+  words = words or "the a cat dog sat on mat ran to and fast slow big small red blue".split()
   vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
   tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="[UNK]"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -303,3 +316,18 @@ def test_stored_topk_teacher_trains_and_is_reused(byte_teacher, tmp_path):
     config = _config("topk,smoke", **teacher)
     config.losses.forward_kl = {"weight": 0.1}
     train_and_evaluate(config, str(tmp_path / "c"))
+
+
+def test_hf_distill_config_smoke(hf_folders, tmp_path):
+  """configs/sequence/hf_distill.py:smoke: HF Llama teacher -> HF Qwen 3 student on packed
+  JSON lines, bfloat16, decoder sharding rules on 8 devices."""
+  tok = _tokenizer(tmp_path / "tok")
+  lines = [{"prompt": "the cat", "completion": "sat on the mat"}, {"text": "a dog ran fast"}] * 300
+  (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(l) for l in lines))
+  config = load_config("sequence/hf_distill.py", "smoke", {
+      **QUIET, "teacher.hf_path": str(hf_folders["llama3"]),
+      "model.hf_path": str(hf_folders["qwen3"]), "data.kwargs.files": str(tmp_path / "d.jsonl"),
+      "data.kwargs.tokenizer": str(tok)})
+  summary = train_and_evaluate(config, str(tmp_path / "w"))
+  assert summary["dtype"] == "bfloat16" and summary["steps"] == 40
+  assert np.isfinite(summary["test"]["nll"]) and summary["teacher_test"]["tokens"] > 0
