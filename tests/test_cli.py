@@ -23,13 +23,14 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
   import logging
   import warnings
   from absl import logging as absl_logging
-  verbosity = absl_logging.get_verbosity()
+  absl_logger = absl_logging.get_absl_logger()
+  level = absl_logger.level
   with warnings.catch_warnings(), pytest.raises(SystemExit) as e:
     try:
       main.run(["kdjax", *args])
     finally:
       logging.disable(logging.NOTSET)
-      absl_logging.set_verbosity(verbosity)
+      absl_logger.setLevel(level)
   out, err = capsys.readouterr()
   code = e.value.code
   return (0 if code is None else code if isinstance(code, int) else 1), out, err

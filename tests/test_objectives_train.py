@@ -37,8 +37,9 @@ EVERY_TERM = {
 
 
 def test_every_term_trains_from_config(teacher_dir, tmp_path):
-  # The fused terms read a language model's head: trained in tests/test_lm_training.py.
-  assert set(EVERY_TERM) | {"fused_kd", "fused_cross_entropy"} == set(TERMS)
+  # The fused terms read a language model's head, sparse_kl a top-k store: trained in
+  # tests/test_lm_training.py.
+  assert set(EVERY_TERM) | {"fused_kd", "fused_cross_entropy", "sparse_kl"} == set(TERMS)
   config = smoke("mnist1d/teacher_cnn.py", num_steps=20, **{"teacher.workdir": str(teacher_dir)})
   config.losses = EVERY_TERM
   train_and_evaluate(config, str(tmp_path / "all"))

@@ -267,10 +267,12 @@ def from_hf(path: str | pathlib.Path, *, dtype: Any = jnp.float32) -> tuple[Deco
   flat = {}
   for name, kd_path in names.items():
     tensor = tensors[name]
-    value = tensor.T if kd_path[-1] == "kernel" else tensor
-    if tuple(value.shape) != tuple(expected[kd_path].shape):
+    transposed = kd_path[-1] == "kernel"  # Linear.weight [out, in] -> kernel [in, out]
+    value = tensor.T if transposed else tensor
+    want = tuple(expected[kd_path].shape)
+    if tuple(value.shape) != want:
       raise HFFormatError(f"{folder}: tensor {name} has shape {tuple(tensor.shape)}, but "
-                          f"config.json implies {tuple(expected[kd_path].shape[::-1] if kd_path[-1] == 'kernel' else expected[kd_path].shape)}")
+                          f"config.json implies {want[::-1] if transposed else want}")
     flat[kd_path] = value if dtype is None else value.astype(dtype)
   return model, {"params": traverse_util.unflatten_dict(flat)}
 
