@@ -9,7 +9,7 @@ Per device: params (teacher bfloat16, student float32 master weights), Adam stat
 plan for the whole step (peak = arguments + outputs - aliases + temporaries). The plan is
 XLA:CPU's; TPU and GPU compilers fuse and schedule differently, so read it as an estimate.
 Compare with 16 GiB of HBM per v5e chip and 80 GiB per H100. Writes
-benchmarks/results/lm_pair_memory.json / .md.
+benchmarks/results/lm_pair_memory_T<seq_len>.json / .md.
 """
 
 import argparse
@@ -37,8 +37,12 @@ MODELS = {
     "Llama-3.1-8B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                          tie_word_embeddings=False),
+    "Llama-3.1-70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                          num_attention_heads=64, num_key_value_heads=8, head_dim=128,
+                          tie_word_embeddings=False),
 }
-PAIRS = (("Llama-3.1-8B", "Llama-3.2-1B"), ("Llama-3.1-8B", "Llama-3.2-3B"))
+PAIRS = (("Llama-3.1-8B", "Llama-3.2-1B"), ("Llama-3.1-8B", "Llama-3.2-3B"),
+         ("Llama-3.1-70B", "Llama-3.1-8B"))
 
 
 def write_config(root: str, name: str) -> str:
@@ -89,7 +93,8 @@ def main(argv=None):
            f"compute; {_bench.meta_line(meta)}\n\n" + _bench.markdown_table(
                ["teacher -> student", "mesh", "teacher params", "student params", "Adam state",
                 "step temporaries", "peak"], rows))
-  _bench.write_outputs("lm_pair_memory", {"meta": meta, "reports": results}, table)
+  _bench.write_outputs(f"lm_pair_memory_T{args.seq_len}", {"meta": meta, "reports": results},
+                       table)
 
 
 if __name__ == "__main__":
