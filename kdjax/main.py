@@ -1,10 +1,11 @@
-"""The ``kdjax`` command line: ``kdjax train | demo | fuse``.
+"""The ``kdjax`` command line: ``kdjax train | demo | fuse | merge``.
 
   kdjax train --config configs/mnist1d/teacher_cnn.py --workdir runs/teacher
   kdjax train --config configs/mnist1d/kd_cnn_to_mlp.py --workdir runs/kd \\
       --config.teacher.workdir=runs/teacher
   kdjax demo --workdir runs/demo
   kdjax fuse --config configs/mnist1d/fuse_cnn5.py --workdir runs/fuse
+  kdjax merge --config configs/merge/mlp5_mnist1d.py --workdir runs/merge
   kdjax train ... --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0  # host 0 of 2
 
 Any config field can be overridden with ``--config.FIELD=VALUE``; a misspelt field, a
@@ -29,7 +30,8 @@ from ml_collections import config_flags
 
 COMMANDS = {"train": "train a student (or a teacher) from a config file",
             "demo": "the MNIST-1D tour: teacher, students, KD, ensembles, fusion, a report",
-            "fuse": "fuse trained models: fitted ensemble weights and weight-space soups"}
+            "fuse": "fuse trained models: fitted ensemble weights and weight-space soups",
+            "merge": "merge trained models into one set of weights (TIES, Fisher, RegMean, ...)"}
 _USAGE = (f"usage: kdjax {{{'|'.join(COMMANDS)}}} [--config FILE[:ARG]] --workdir DIR "
           "[--config.FIELD=VALUE ...]")
 _CONFIG_DOCS = ("Config fields: every field of kdjax.config.default_config() (kdjax/config/"
@@ -48,7 +50,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "train on several host
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "train on several hosts: this process, 0..N-1.")
 _FLAGS_OF = {"train": ("config", "workdir", "coordinator_address", "num_processes", "process_id"),
              "demo": ("workdir", "seeds", "fusion", "smoke"),
-             "fuse": ("config", "workdir")}
+             "fuse": ("config", "workdir"),
+             "merge": ("config", "workdir")}
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
@@ -110,6 +113,15 @@ def _main(argv, command: str) -> None:
       raise app.UsageError(f"kdjax fuse needs --config; {_USAGE}")
     from kdjax.programs.fuse import run_fuse
     run_fuse(_CONFIG.value, _WORKDIR.value)
+  elif command == "merge":
+    if _CONFIG.value is None:
+      raise app.UsageError(f"kdjax merge needs --config; {_USAGE}")
+    from kdjax.programs.merge import run_merge
+    report = run_merge(_CONFIG.value, _WORKDIR.value)
+    best = max((k for k in report["rows"] if not k.startswith("member")),
+               key=lambda k: report["rows"][k]["val"]["accuracy"])
+    print(f"best on validation: {best} (test accuracy "
+          f"{report['rows'][best]['test']['accuracy']:.4f})  -> {_WORKDIR.value}/report.md")
 
 
 def _config_flag(argv: list[str]) -> tuple[int, str, str] | None:

@@ -22,7 +22,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "configs"
 ARGS = {**{f"cifar100/{p.stem}.py": recipes.METHODS for p in (ROOT / "cifar100").glob("*.py")},
         "imagenet/resnet34_to_resnet18.py": ("kd", "student"),
         "mnist/hinton.py": ("teacher", "student", "kd")}
-NOT_TRAIN = {"mnist1d/fuse_cnn5.py"}  # kdjax fuse: one device, no batches
+NOT_TRAIN = {"mnist1d/fuse_cnn5.py",  # kdjax fuse: one device, no batches
+             "merge/mlp5_mnist1d.py"}  # kdjax merge
 
 
 def _train_configs():

@@ -180,3 +180,41 @@ def test_permutation_align_recovers_a_permuted_mlp():
   with pytest.raises(ValueError, match="no spec for CNN1D"):
     from kdjax.models import CNN1D
     fusion.permutation_spec(CNN1D())
+
+
+@pytest.fixture(scope="module")
+def mlp_members(tmp_path_factory):
+  from kdjax.config import load_config
+  from kdjax.training import train_and_evaluate
+  root = tmp_path_factory.mktemp("merge_members")
+  with jax.enable_x64(False):
+    for name, seed, steps in (("base", 0, 40), ("m0", 1, 40), ("m1", 2, 40)):
+      overrides = {"seed": seed, "num_steps": steps, "progress_bar": False}
+      if name != "base":  # fine-tuned from the base: a few steps more of its run
+        import shutil
+        shutil.copytree(root / "base", root / name)
+        overrides.update(num_steps=80, resume="override")
+      train_and_evaluate(load_config("mnist1d/member_mlp.py", "smoke", overrides), str(root / name))
+  return root
+
+
+def test_kdjax_merge_reports_every_method(mlp_members, tmp_path):
+  from kdjax.config import load_config
+  from kdjax.programs.merge import run_merge
+  config = load_config("merge/mlp5_mnist1d.py", "finetuned", {
+      "members": f"{mlp_members / 'm0'},{mlp_members / 'm1'}", "base": str(mlp_members / "base"),
+      "methods": ("average", "align_average", "task_arithmetic", "ties", "dare", "model_stock",
+                  "fisher", "regmean")})
+  with jax.enable_x64(False):
+    report = run_merge(config, str(tmp_path / "merge"))
+  rows = report["rows"]
+  assert set(rows) == {"member 0", "member 1", *config.methods}
+  assert rows["task_arithmetic"]["hyper"]["scale"] in config.grid.scale  # chosen on val
+  for r in rows.values():
+    assert 0 <= r["test"]["accuracy"] <= 1 and np.isfinite(r["test"]["nll"])
+  assert len(report["path"]["naive"]) == len(report["path"]["aligned"]) == 11
+  for f in ("report.md", "report.json", "path.png"):
+    assert (tmp_path / "merge" / f).stat().st_size > 0
+  config.base = ""
+  with pytest.raises(ValueError, match=r"need config.base, the run the members were fine-tuned"):
+    run_merge(config, str(tmp_path / "m2"))

@@ -8,8 +8,9 @@ r"""Data-aware weight merges: Fisher merging and RegMean.
   input Gram :math:`G_m = X_m^\top X_m`,
   :math:`W^* = (\sum_m \tilde G_m)^{-1} \sum_m \tilde G_m W_m`,
   :math:`\tilde G = \alpha G + (1 - \alpha)\,\mathrm{diag}(G)`: the least-squares merge of the
-  layers' outputs on the members' own inputs. Other leaves (biases, norms, convolutions) are
-  averaged.
+  layers' outputs on the members' own inputs (plus a ridge of 100 machine epsilons of the
+  mean Gram diagonal towards the members' mean, so that inputs no data reaches take the mean).
+  Other leaves (biases, norms, convolutions) are averaged.
 """
 
 from collections.abc import Callable, Iterable
@@ -131,6 +132,11 @@ def regmean(stacked_params: Any, grams: dict[str, jax.Array], *, alpha: float = 
     reg = alpha * g + (1 - alpha) * diag
     lhs = jnp.sum(reg, 0)
     rhs = jnp.einsum("mij,mjk->ik", reg, leaf.astype(acc))
-    return jnp.linalg.solve(lhs, rhs).astype(leaf.dtype)
+    # A tiny ridge towards the members' mean: input directions no member's data reaches
+    # (a dead ReLU unit: a zero row and column of every Gram) take the mean, not NaN.
+    ridge = 100 * jnp.finfo(acc).eps * jnp.maximum(jnp.mean(jnp.diagonal(lhs)), 1e-30)
+    eye = jnp.eye(lhs.shape[0], dtype=acc)
+    merged = jnp.linalg.solve(lhs + ridge * eye, rhs + ridge * jnp.mean(leaf.astype(acc), 0))
+    return merged.astype(leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(one, stacked_params)

@@ -27,7 +27,7 @@ from kdjax.ensemble import num_members
 
 def _task_vectors(base: Any, finetuned: Any) -> Any:
   """``[M, ...]`` task vectors; checks that base and members share structure and shapes."""
-  m = num_members(finetuned)
+  num_members(finetuned)
   if jax.tree.structure(base) != jax.tree.structure(finetuned):
     raise ValueError("base and the fine-tuned members have different param trees: the base "
                      "must be the members' start (same architecture)")
@@ -38,7 +38,6 @@ def _task_vectors(base: Any, finetuned: Any) -> Any:
                        f"{tuple(np.shape(b))}: the base must be the members' start")
     return f - b[None]
 
-  del m
   return jax.tree.map(tv, base, finetuned)
 
 
