@@ -27,3 +27,4 @@ from kdjax.fusion._fisher_regmean import regmean as regmean
 from kdjax.fusion._rebasin import PermutationSpec as PermutationSpec
 from kdjax.fusion._rebasin import permutation_align as permutation_align
 from kdjax.fusion._rebasin import permutation_spec as permutation_spec
+from kdjax.fusion._rebasin import repair_batch_norm as repair_batch_norm

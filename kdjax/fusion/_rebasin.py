@@ -51,16 +51,55 @@ def mlp_permutation_spec(num_hidden: int) -> PermutationSpec:
   return PermutationSpec(axes)
 
 
+def cifar_resnet_permutation_spec(depth: int, widths: tuple[int, ...]) -> PermutationSpec:
+  """:class:`kdjax.models.CifarResNet`: one permutation of the residual stream per run of
+  blocks between width changes (the stem conv and BatchNorm, every block's ``conv2`` /
+  ``bn2`` output, its shortcut, the next blocks' ``conv1`` input, the classifier's input;
+  a projection shortcut starts a new stream) and one inside every block (``conv1`` /
+  ``bn1`` output, ``conv2`` input). BatchNorm statistics follow their scales."""
+  n = (depth - 2) // 6
+  axes: dict[str, tuple[str | None, ...]] = {}
+
+  def bn(name, perm):
+    axes[f"{name}/scale"] = axes[f"{name}/bias"] = (perm,)
+
+  stream, width = "stream_stem", widths[0]
+  axes["conv1/kernel"] = (None, None, None, stream)
+  bn("bn1", stream)
+  for stage in range(3):
+    for i in range(n):
+      block, planes = f"layer{stage + 1}_{i}", widths[stage + 1]
+      stride = 2 if stage > 0 and i == 0 else 1
+      inner = f"{block}_inner"
+      out = stream
+      if stride != 1 or width != planes:
+        out = f"stream_{block}"
+        axes[f"{block}/downsample_conv/kernel"] = (None, None, stream, out)
+        bn(f"{block}/downsample_bn", out)
+      axes[f"{block}/conv1/kernel"] = (None, None, stream, inner)
+      bn(f"{block}/bn1", inner)
+      axes[f"{block}/conv2/kernel"] = (None, None, inner, out)
+      bn(f"{block}/bn2", out)
+      stream, width = out, planes
+  axes["fc/kernel"] = (stream, None)
+  axes["fc/bias"] = (None,)
+  return PermutationSpec(axes)
+
+
 def permutation_spec(model: Any) -> PermutationSpec:
-  """The :class:`PermutationSpec` of a zoo model (today: :class:`kdjax.models.MLP`).
+  """The :class:`PermutationSpec` of a zoo model (:class:`kdjax.models.MLP`,
+  :class:`kdjax.models.CifarResNet`).
 
   Raises:
     ValueError: for a model without one.
   """
-  from kdjax.models import MLP
+  from kdjax.models import MLP, CifarResNet
   if isinstance(model, MLP):
     return mlp_permutation_spec(len(model.hidden))
-  raise ValueError(f"permutation_spec: no spec for {type(model).__name__} yet (known: MLP)")
+  if isinstance(model, CifarResNet):
+    return cifar_resnet_permutation_spec(model.depth, tuple(model.widths))
+  raise ValueError(f"permutation_spec: no spec for {type(model).__name__} yet (known: MLP, "
+                   "CifarResNet)")
 
 
 def _permuted(flat: dict, spec: PermutationSpec, perms: dict[str, np.ndarray],
@@ -77,11 +116,34 @@ def _permuted(flat: dict, spec: PermutationSpec, perms: dict[str, np.ndarray],
 def permutation_align(reference: Any, params: Any, spec: PermutationSpec, *,
                       max_iter: int = 100, seed: int = 0) -> Any:
   """``params`` with its hidden units permuted to match ``reference`` (module docstring);
-  the result computes the same function as ``params``.
+  the result computes the same function as ``params``. Full variables
+  (``{"params": ..., "batch_stats": ...}``) are accepted: the permutations are found on the
+  params, and a BatchNorm's ``mean`` / ``var`` follow its ``scale``.
 
   Raises:
     ValueError: if ``spec`` names a path the params lack, or the two trees differ.
   """
+  if isinstance(params, dict) and "params" in params:
+    perms = _find_permutations(reference["params"], params["params"], spec, max_iter, seed)
+    out = {"params": _apply(params["params"], spec, perms)}
+    for collection, tree in params.items():
+      if collection != "params":
+        stats_axes = {path: spec.axes.get(path.rpartition("/")[0] + "/scale", (None,))
+                      for path in traverse_util.flatten_dict(dict(tree), sep="/")}
+        out[collection] = _apply(tree, PermutationSpec(stats_axes), perms)
+    return out
+  return _apply(params, spec, _find_permutations(reference, params, spec, max_iter, seed))
+
+
+def _apply(tree: Any, spec: PermutationSpec, perms: dict[str, np.ndarray]) -> Any:
+  leaves = traverse_util.flatten_dict(dict(tree), sep="/")
+  moved = _permuted({k: np.asarray(v) for k, v in leaves.items()}, spec, perms)
+  out = {k: np.asarray(moved[k], np.asarray(leaves[k]).dtype) for k in leaves}
+  return jax.tree.map(np.asarray, traverse_util.unflatten_dict(out, sep="/"))
+
+
+def _find_permutations(reference: Any, params: Any, spec: PermutationSpec, max_iter: int,
+                       seed: int) -> dict[str, np.ndarray]:
   from scipy.optimize import linear_sum_assignment
   flat_ref = {k: np.asarray(v, np.float64) for k, v in
               traverse_util.flatten_dict(dict(reference), sep="/").items()}
@@ -113,7 +175,53 @@ def permutation_align(reference: Any, params: Any, spec: PermutationSpec, *,
         perms[name], improved = new, True
     if not improved:
       break
-  aligned = _permuted(flat, spec, perms)
-  leaves = traverse_util.flatten_dict(dict(params), sep="/")
-  out = {k: np.asarray(aligned[k], np.asarray(leaves[k]).dtype) for k in leaves}
-  return jax.tree.map(np.asarray, traverse_util.unflatten_dict(out, sep="/"))
+  return perms
+
+
+def repair_batch_norm(model: Any, variables: Any, batches) -> Any:
+  """``variables`` with every BatchNorm's ``mean`` / ``var`` re-estimated on ``batches``
+  (``{"x": ...}`` dicts, training data): the model runs in training mode (each BatchNorm
+  normalising by its batch's statistics, as the members' own running averages were formed)
+  and each BatchNorm's input statistics are averaged over all batches (biased variance, as
+  flax keeps it). For a merged or aligned-and-averaged BatchNorm network, whose averaged
+  running statistics no longer describe its activations ("resetting BatchNorm", Ainsworth
+  et al. 2023; Jordan et al., "REPAIR", ICLR 2023).
+
+  Raises:
+    ValueError: if ``variables`` has no ``batch_stats`` or ``batches`` is empty.
+  """
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  if "batch_stats" not in variables:
+    raise ValueError("repair_batch_norm: the variables have no batch_stats (no BatchNorm)")
+
+  @jax.jit
+  def sums(v, x):
+    found = {}
+
+    def record(next_fun, args, kwargs, context):
+      if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+        h = args[0].astype(jnp.float32)
+        h = h.reshape(-1, h.shape[-1])
+        found["/".join(context.module.path)] = (jnp.sum(h, 0), jnp.sum(h * h, 0),
+                                                jnp.asarray(h.shape[0], jnp.float32))
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      model.apply(v, x, train=True, mutable=["batch_stats"])
+    return found
+
+  total = None
+  for batch in batches:
+    s = sums(variables, jnp.asarray(batch["x"]))
+    total = s if total is None else jax.tree.map(jnp.add, total, s)
+  if total is None:
+    raise ValueError("repair_batch_norm: no batches")
+  stats = traverse_util.flatten_dict(dict(variables["batch_stats"]), sep="/")
+  for path, (s1, s2, n) in total.items():
+    mean = s1 / n
+    stats[f"{path}/mean"] = np.asarray(mean, np.asarray(stats[f"{path}/mean"]).dtype)
+    stats[f"{path}/var"] = np.asarray(jnp.maximum(s2 / n - mean * mean, 0.0),
+                                      np.asarray(stats[f"{path}/var"]).dtype)
+  return {**variables, "batch_stats": traverse_util.unflatten_dict(stats, sep="/")}
