@@ -146,6 +146,66 @@ def test_regmean_equals_the_least_squares_merge():
       [np.asarray(m["hidden"]["bias"]) for m in members], 0), atol=1e-12)
 
 
+class TwoConvs(nn.Module):
+  @nn.compact
+  def __call__(self, x):  # [B, 9, 8, 2] -> conv 3x2, stride (2, 1), padding ((1, 1), (0, 1))
+    h = nn.Conv(3, (3, 2), strides=(2, 1), padding=((1, 1), (0, 1)), name="conv")(x)
+    return nn.Dense(2, name="out")(h.reshape(h.shape[0], -1))
+
+
+def _patches_2d(x, kh, kw, stride, pad):
+  """NumPy im2col: ``[B * H' * W', kh * kw * C]`` in the HWIO kernel's (kh, kw, C) order."""
+  x = np.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
+  rows = []
+  for b in range(x.shape[0]):
+    for i in range(0, x.shape[1] - kh + 1, stride[0]):
+      for j in range(0, x.shape[2] - kw + 1, stride[1]):
+        rows.append(x[b, i:i + kh, j:j + kw, :].reshape(-1))
+  return np.stack(rows)
+
+
+def _patches_1d(x, k, stride, pad):
+  x = np.pad(x, ((0, 0), (pad, pad), (0, 0)))
+  return np.stack([x[b, i:i + k, :].reshape(-1) for b in range(x.shape[0])
+                   for i in range(0, x.shape[1] - k + 1, stride)])
+
+
+def test_regmean_merges_convolutions_on_their_unfolded_inputs():
+  """nn.Conv (strided, asymmetric padding) and kdjax's Conv1D: the Grams are those of the
+  NumPy im2col patches, and alpha=1 RegMean is the least-squares merge over them."""
+  from kdjax.models import CNN1D
+  rng = np.random.default_rng(8)
+  for model, shape, name, unfold in (
+      (TwoConvs(), (6, 9, 8, 2), "conv",
+       lambda x, p: _patches_2d(x, 3, 2, (2, 1), ((1, 1), (0, 1)))),
+      (CNN1D(channels=(4, 3), kernel_sizes=(5, 3), strides=(2, 2)), (6, 40), "conv_1", None)):
+    xs = [rng.normal(size=shape) for _ in range(2)]
+    members = [jax.tree.map(lambda a: a.astype(jnp.float64),
+                            model.init(jax.random.key(i), jnp.asarray(xs[0]))["params"])
+               for i in range(2)]
+    apply = lambda p, x, model=model: model.apply({"params": p}, x)  # noqa: E731
+    grams = [fusion.input_grams(apply, members[i], [{"x": xs[i][:3]}, {"x": xs[i][3:]}])
+             for i in range(2)]
+    if unfold is None:  # CNN1D's conv_1 sees relu(conv_0(x)): recompute it in NumPy
+      def unfold(x, p):
+        w, b = (np.asarray(p["conv_0"][k]) for k in ("kernel", "bias"))
+        h = _patches_1d(x[..., None], 5, 2, 1) @ w.reshape(-1, w.shape[-1]) + b
+        return _patches_1d(np.maximum(h, 0).reshape(x.shape[0], -1, w.shape[-1]), 3, 2, 1)
+    patches = []
+    for i in range(2):
+      patches.append(unfold(xs[i], members[i]))
+      np.testing.assert_allclose(grams[i][name], patches[i].T @ patches[i], rtol=1e-9,
+                                 atol=1e-9)
+    merged = fusion.regmean(ensemble.stack(members), ensemble.stack(grams), alpha=1.0)
+    kernels = [np.asarray(m[name]["kernel"]) for m in members]
+    flat_k = [k.reshape(-1, k.shape[-1]) for k in kernels]
+    ref, *_ = np.linalg.lstsq(np.concatenate(patches), np.concatenate(
+        [patches[i] @ flat_k[i] for i in range(2)]), rcond=None)
+    np.testing.assert_allclose(merged[name]["kernel"], ref.reshape(kernels[0].shape), atol=1e-8)
+    np.testing.assert_allclose(merged[name]["bias"], np.mean(
+        [np.asarray(m[name]["bias"]) for m in members], 0), atol=1e-12)
+
+
 def test_a_base_of_another_architecture_is_refused():
   base, stacked, _ = _members()
   with pytest.raises(ValueError, match="the base must be the members' start"):
@@ -177,9 +237,9 @@ def test_permutation_align_recovers_a_permuted_mlp():
   dot = lambda a, b: sum(float(np.sum(np.asarray(u) * np.asarray(v)))  # noqa: E731
                          for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert dot(ref, aligned) > dot(ref, other)
-  with pytest.raises(ValueError, match="no spec for CNN1D"):
-    from kdjax.models import CNN1D
-    fusion.permutation_spec(CNN1D())
+  with pytest.raises(ValueError, match="no spec for MobileNetV2"):
+    from kdjax.models import get_model
+    fusion.permutation_spec(get_model("mobilenetv2", num_classes=10))
 
 
 @pytest.fixture(scope="module")
@@ -220,34 +280,59 @@ def test_kdjax_merge_reports_every_method(mlp_members, tmp_path):
     run_merge(config, str(tmp_path / "m2"))
 
 
-def test_resnet_alignment_keeps_the_function_and_repair_restores_batch_statistics():
-  """resnet8 with BatchNorm: a copy permuted by random stream and block permutations
-  aligns back exactly (statistics included); after repair_batch_norm the running
-  statistics equal the training-mode statistics of the data (NumPy)."""
-  from kdjax.models import get_model
-  model = get_model("resnet8", num_classes=10, conv_impl="xla")
+def _zoo_model(name):
+  from kdjax.models import CNN1D, VGG, WideResNet, get_model
+  if name == "cnn1d":
+    return CNN1D(channels=(6, 5, 4)), (8, 40)
+  if name == "vgg":
+    return VGG(widths=((4,), (5,), (6, 6), (7, 7), (8, 8)), num_classes=10, conv_impl="xla"), (
+        8, 32, 32, 3)
+  if name.startswith("wrn"):
+    k = int(name[-1])
+    return WideResNet(depth=10, widen_factor=k, num_classes=10, conv_impl="xla"), (
+        8, 16, 16, 3)
+  return get_model(name, num_classes=10, conv_impl="xla"), (8, 32, 32, 3)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "cnn1d", "vgg", "wrn1", "wrn2"])
+def test_zoo_alignment_of_a_permuted_copy_is_exact_and_keeps_the_function(name):
+  """A copy permuted by random permutations of every spec group (residual streams, block
+  insides, a flattened head's channels) computes the same logits, and aligns back to the
+  original exactly, BatchNorm statistics included."""
+  model, shape = _zoo_model(name)
   rng = np.random.default_rng(6)
-  x = jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
   with jax.enable_x64(False):
     variables = model.init(jax.random.key(0), x)
+    variables = {c: v for c, v in variables.items() if c in ("params", "batch_stats")}
     # Non-trivial statistics and scales, so a wrong permutation of either would show.
     variables = jax.tree.map(lambda a: a + 0.1 * rng.normal(size=a.shape).astype(a.dtype),
                              variables)
-    variables = {**variables, "batch_stats": jax.tree.map(jnp.abs, variables["batch_stats"])}
     spec = fusion.permutation_spec(model)
-    perms = {name: rng.permutation(n) for name, n in (
-        (name, np.shape(traverse(variables["params"], path))[axis])
-        for name, [(path, axis), *_] in spec.perms.items())}
+    perms = {n: rng.permutation(size) for n, size in spec.sizes(variables["params"]).items()}
     from kdjax.fusion._rebasin import _apply
-    stats_spec = fusion.PermutationSpec({
-        k: spec.axes[k.rpartition("/")[0] + "/scale"]
-        for k in flat(variables["batch_stats"])})
-    permuted = {"params": _apply(variables["params"], spec, perms),
-                "batch_stats": _apply(variables["batch_stats"], stats_spec, perms)}
+    permuted = {"params": _apply(variables["params"], spec, perms)}
+    if "batch_stats" in variables:
+      variables["batch_stats"] = jax.tree.map(jnp.abs, variables["batch_stats"])
+      stats_spec = fusion.PermutationSpec({
+          k: spec.axes[k.rpartition("/")[0] + "/scale"] for k in flat(variables["batch_stats"])})
+      permuted["batch_stats"] = _apply(variables["batch_stats"], stats_spec, perms)
     logits = lambda v: np.asarray(model.apply(v, x))  # noqa: E731
-    np.testing.assert_allclose(logits(permuted), logits(variables), atol=1e-4)
+    assert np.abs(logits(permuted) - logits(variables)).max() < 1e-4
+    changed = [k for k, v in flat(permuted["params"]).items()
+               if not np.array_equal(v, flat(variables["params"])[k])]
+    assert len(changed) >= len(spec.axes) - 2  # every permuted leaf moved (not the head bias)
     back = fusion.permutation_align(variables, permuted, spec)
     jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, variables))
+
+
+def test_repair_restores_batch_statistics():
+  """After repair_batch_norm the running statistics equal the training-mode statistics of
+  the data (NumPy)."""
+  model, shape = _zoo_model("resnet8")
+  x = jnp.asarray(np.random.default_rng(7).normal(size=shape), jnp.float32)
+  with jax.enable_x64(False):
+    variables = model.init(jax.random.key(0), x)
     repaired = fusion.repair_batch_norm(model, variables, [{"x": x[:4]}, {"x": x[4:]}])
     stem = np.asarray(jax.lax.conv_general_dilated(
         x, variables["params"]["conv1"]["kernel"], (1, 1), ((1, 1), (1, 1)),

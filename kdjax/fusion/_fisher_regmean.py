@@ -10,7 +10,10 @@ r"""Data-aware weight merges: Fisher merging and RegMean.
   :math:`\tilde G = \alpha G + (1 - \alpha)\,\mathrm{diag}(G)`: the least-squares merge of the
   layers' outputs on the members' own inputs (plus a ridge of 100 machine epsilons of the
   mean Gram diagonal towards the members' mean, so that inputs no data reaches take the mean).
-  Other leaves (biases, norms, convolutions) are averaged.
+  A convolution is the dense layer of its unfolded inputs (im2col: each output position's
+  receptive field, ``[k_1 ... k_n C_in]`` in the kernel's order), so its kernel
+  ``[k_1, ..., k_n, C_in, C_out]`` is merged as ``[k_1 ... k_n C_in, C_out]``. Other leaves
+  (biases, norms, grouped convolutions) are averaged.
 """
 
 from collections.abc import Callable, Iterable
@@ -19,6 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.ensemble import num_members
 
@@ -78,19 +82,62 @@ def fisher_merge(stacked_params: Any, stacked_fishers: Any, *, eps: float = 1e-8
   return jax.tree.map(one, stacked_params, stacked_fishers)
 
 
+def _unfolded(module: nn.Module, x: jax.Array) -> jax.Array | None:
+  """``[N, d_in]``: the inputs of ``module``'s matmul (a dense layer's inputs; a
+  convolution's receptive fields in its kernel's order), or ``None`` for other modules."""
+  from kdjax.models._cnn1d import Conv1D
+  if isinstance(module, nn.Dense):
+    return x.reshape(-1, x.shape[-1])
+  if isinstance(module, Conv1D):  # kdjax's [B, L, C] convolution, kernel [k, C_in, C_out]
+    k, s, pad = module.kernel_size, module.stride, module.padding
+    x = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
+    length = (x.shape[1] - k) // s + 1
+    span = s * (length - 1) + 1
+    return jnp.stack([x[:, j:j + span:s, :] for j in range(k)], axis=2).reshape(
+        -1, k * x.shape[-1])
+  if (isinstance(module, nn.Conv) and module.feature_group_count == 1
+      and module.padding not in ("CIRCULAR", "CAUSAL", "REFLECT")):
+    size = module.kernel_size
+    kernel = (size,) if isinstance(size, int) else tuple(size)
+    n = len(kernel)
+
+    def per_axis(v):
+      return None if v is None else (v,) * n if isinstance(v, int) else tuple(v)
+
+    strides = per_axis(module.strides or 1)
+    padding = module.padding
+    if not isinstance(padding, str):
+      padding = [(p, p) if isinstance(p, int) else tuple(p) for p in (
+          (padding,) * n if isinstance(padding, int) else padding)]
+    spatial = "DHW"[-n:] if n <= 3 else None
+    if spatial is None or x.ndim != n + 2:
+      return None
+    layout = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+    patches = jax.lax.conv_general_dilated_patches(
+        x, kernel, strides, padding, lhs_dilation=per_axis(module.input_dilation),
+        rhs_dilation=per_axis(module.kernel_dilation), dimension_numbers=layout)
+    c = x.shape[-1]
+    # Features come as (C_in, k_1, ..., k_n); the kernel flattens as (k_1, ..., k_n, C_in).
+    patches = patches.reshape(-1, c, *kernel)
+    return jnp.moveaxis(patches, 1, -1).reshape(-1, c * int(np.prod(kernel)))
+  return None
+
+
 def input_grams(apply_fn: Callable[[Any, jax.Array], Any], params: Any,
                 batches: Iterable) -> dict[str, jax.Array]:
-  """``{dense module path: G [d_in, d_in]}``: the Gram ``X^T X`` of every ``nn.Dense``'s
-  inputs (all leading axes flattened) while ``apply_fn(params, x)`` runs a linen model over
-  ``batches`` (``{"x": ...}`` dicts). Paths are the params' (``"Dense_0"``, ``"block/fc"``)."""
+  """``{module path: G [d_in, d_in]}``: the Gram ``X^T X`` of the inputs of every
+  ``nn.Dense`` (all leading axes flattened) and every ungrouped convolution (``nn.Conv``,
+  :class:`kdjax.models.Conv1D`; ``X`` the unfolded receptive fields, module docstring)
+  while ``apply_fn(params, x)`` runs a linen model over ``batches`` (``{"x": ...}`` dicts).
+  Paths are the params' (``"Dense_0"``, ``"block/conv1"``)."""
 
   def grams_of(p, x):
     found: dict[str, jax.Array] = {}
 
     def record(next_fun, args, kwargs, context):
       module = context.module
-      if isinstance(module, nn.Dense) and context.method_name == "__call__":
-        h = args[0].reshape(-1, args[0].shape[-1])
+      h = _unfolded(module, args[0]) if context.method_name == "__call__" and args else None
+      if h is not None:
         h = h.astype(jnp.promote_types(h.dtype, jnp.float32))
         path = "/".join(module.path)
         found[path] = found.get(path, 0) + h.T @ h
@@ -106,14 +153,15 @@ def input_grams(apply_fn: Callable[[Any, jax.Array], Any], params: Any,
     g = grams_of(params, jnp.asarray(batch["x"]))
     total = g if total is None else jax.tree.map(jnp.add, total, g)
   if not total:
-    raise ValueError("input_grams: no nn.Dense call was seen (or no batches)")
+    raise ValueError("input_grams: no nn.Dense or convolution call was seen (or no batches)")
   return total
 
 
 def regmean(stacked_params: Any, grams: dict[str, jax.Array], *, alpha: float = 0.9) -> Any:
   """RegMean (module docstring). ``grams``: ``{path: [M, d_in, d_in]}`` (each member's
-  :func:`input_grams`, stacked); a dense kernel at ``path + "/kernel"`` is merged, every
-  other leaf averaged."""
+  :func:`input_grams`, stacked); a dense or convolution kernel at ``path + "/kernel"``
+  (``[M, d_in, d_out]``, or ``[M, k_1, ..., C_in, C_out]`` with ``d_in = k_1 ... C_in``) is
+  merged, every other leaf averaged."""
   if not 0 <= alpha <= 1:
     raise ValueError(f"regmean: alpha must be in [0, 1], got {alpha}")
   m = num_members(stacked_params)
@@ -125,9 +173,12 @@ def regmean(stacked_params: Any, grams: dict[str, jax.Array], *, alpha: float = 
       return jnp.mean(leaf, 0)
     acc = jnp.promote_types(leaf.dtype, jnp.float32)
     g = jnp.asarray(grams[module], acc)
-    if g.shape != (m, leaf.shape[1], leaf.shape[1]) or leaf.ndim != 3:
+    shape = leaf.shape
+    d = int(np.prod(shape[1:-1]))
+    if g.shape != (m, d, d) or leaf.ndim < 3:
       raise ValueError(f"regmean: grams[{module!r}] has shape {g.shape}, the kernel "
-                       f"{tuple(leaf.shape)} needs ({m}, {leaf.shape[1]}, {leaf.shape[1]})")
+                       f"{tuple(shape)} needs ({m}, {d}, {d})")
+    leaf = leaf.reshape(m, d, shape[-1])
     diag = jnp.eye(g.shape[-1], dtype=g.dtype)[None] * g
     reg = alpha * g + (1 - alpha) * diag
     lhs = jnp.sum(reg, 0)
@@ -137,6 +188,6 @@ def regmean(stacked_params: Any, grams: dict[str, jax.Array], *, alpha: float = 
     ridge = 100 * jnp.finfo(acc).eps * jnp.maximum(jnp.mean(jnp.diagonal(lhs)), 1e-30)
     eye = jnp.eye(lhs.shape[0], dtype=acc)
     merged = jnp.linalg.solve(lhs + ridge * eye, rhs + ridge * jnp.mean(leaf.astype(acc), 0))
-    return merged.astype(leaf.dtype)
+    return merged.reshape(shape[1:]).astype(leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(one, stacked_params)

@@ -24,9 +24,18 @@ from flax import traverse_util
 @dataclasses.dataclass(frozen=True)
 class PermutationSpec:
   """``axes[param path]``: per axis of that param, the permutation acting on it or ``None``
-  (paths ``"dense_0/kernel"``, ``/``-joined)."""
+  (paths ``"dense_0/kernel"``, ``/``-joined). ``views[path]``: the shape the param is seen
+  in while permuting (``-1`` for one inferred size), e.g. a dense layer after a flatten of
+  ``[L, C]`` features, whose kernel ``[L * C, N]`` is permuted as ``[L, C, N]`` on ``C``."""
 
   axes: dict[str, tuple[str | None, ...]]
+  views: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+  def sizes(self, params: Any) -> dict[str, int]:
+    """``{permutation: size}`` for the params ``params`` (a tree or a flat ``/``-joined dict)."""
+    flat = traverse_util.flatten_dict(dict(params), sep="/")
+    return {name: _view(self, path, np.asarray(flat[path])).shape[axis]
+            for name, [(path, axis), *_] in self.perms.items()}
 
   @property
   def perms(self) -> dict[str, list[tuple[str, int]]]:
@@ -48,6 +57,71 @@ def mlp_permutation_spec(num_hidden: int) -> PermutationSpec:
     axes[f"dense_{i}/bias"] = (f"P{i}",)
   axes["head/kernel"] = (f"P{num_hidden - 1}" if num_hidden else None, None)
   axes["head/bias"] = (None,)
+  return PermutationSpec(axes)
+
+
+def cnn1d_permutation_spec(channels, num_classes: int) -> PermutationSpec:
+  """:class:`kdjax.models.CNN1D` with conv widths ``channels`` (``conv_i``, kernels
+  ``[k, C_in, C_out]``): one permutation per conv's channels; the head's input is the
+  flattened ``[L, C]`` last feature map, so its kernel is permuted as ``[L, C, classes]``."""
+  axes: dict[str, tuple[str | None, ...]] = {}
+  num_conv = len(channels)
+  for i in range(num_conv):
+    axes[f"conv_{i}/kernel"] = (None, None if i == 0 else f"P{i - 1}", f"P{i}")
+    axes[f"conv_{i}/bias"] = (f"P{i}",)
+  last = f"P{num_conv - 1}"
+  axes["head/kernel"] = (None, last, None)
+  axes["head/bias"] = (None,)
+  return PermutationSpec(axes, views={"head/kernel": (-1, channels[-1], num_classes)})
+
+
+def vgg_permutation_spec(widths) -> PermutationSpec:
+  """:class:`kdjax.models.VGG`: one permutation per conv (``block{b}_conv{j}``, its bias,
+  the BatchNorm after it, the next conv's input; the last one is the classifier's input)."""
+  axes: dict[str, tuple[str | None, ...]] = {}
+  prev = None
+  for block, block_widths in enumerate(widths):
+    for j in range(len(block_widths)):
+      perm = f"P_block{block}_{j}"
+      axes[f"block{block}_conv{j}/kernel"] = (None, None, prev, perm)
+      axes[f"block{block}_conv{j}/bias"] = (perm,)
+      axes[f"block{block}_bn{j}/scale"] = axes[f"block{block}_bn{j}/bias"] = (perm,)
+      prev = perm
+  axes["classifier/kernel"] = (prev, None)
+  axes["classifier/bias"] = (None,)
+  return PermutationSpec(axes)
+
+
+def wrn_permutation_spec(depth: int, widen_factor: int) -> PermutationSpec:
+  """:class:`kdjax.models.WideResNet` (pre-activation blocks): one permutation of the
+  residual stream per run of blocks of one width (the stem conv's output, every block's
+  ``bn1`` and ``conv1`` input, its ``conv2`` output, the final ``bn1`` and the classifier's
+  input; a ``convShortcut`` starts a new stream) and one inside every block (``conv1``
+  output, ``bn2``, ``conv2`` input)."""
+  n = (depth - 4) // 6
+  widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+  axes: dict[str, tuple[str | None, ...]] = {}
+
+  def bn(name, perm):
+    axes[f"{name}/scale"] = axes[f"{name}/bias"] = (perm,)
+
+  stream, width = "stream_stem", 16
+  axes["conv1/kernel"] = (None, None, None, stream)
+  for group in range(3):
+    for i in range(n):
+      block, planes = f"block{group + 1}_{i}", widths[group]
+      inner, out = f"{block}_inner", stream
+      bn(f"{block}/bn1", stream)
+      if width != planes:
+        out = f"stream_{block}"
+        axes[f"{block}/convShortcut/kernel"] = (None, None, stream, out)
+      axes[f"{block}/conv1/kernel"] = (None, None, stream, inner)
+      bn(f"{block}/bn2", inner)
+      axes[f"{block}/conv2/kernel"] = (None, None, inner, out)
+      stream, width = out, planes
+  bn("bn1", stream)
+  axes["fc/kernel"] = (stream, None)
+  axes["fc/bias"] = (None,)
   return PermutationSpec(axes)
 
 
@@ -88,29 +162,42 @@ def cifar_resnet_permutation_spec(depth: int, widths: tuple[int, ...]) -> Permut
 
 def permutation_spec(model: Any) -> PermutationSpec:
   """The :class:`PermutationSpec` of a zoo model (:class:`kdjax.models.MLP`,
-  :class:`kdjax.models.CifarResNet`).
+  :class:`kdjax.models.CNN1D`, :class:`kdjax.models.CifarResNet`, :class:`kdjax.models.VGG`,
+  :class:`kdjax.models.WideResNet`).
 
   Raises:
     ValueError: for a model without one.
   """
-  from kdjax.models import MLP, CifarResNet
+  from kdjax.models import CNN1D, MLP, VGG, CifarResNet, WideResNet
   if isinstance(model, MLP):
     return mlp_permutation_spec(len(model.hidden))
+  if isinstance(model, CNN1D):
+    return cnn1d_permutation_spec(tuple(model.channels), model.num_classes)
   if isinstance(model, CifarResNet):
     return cifar_resnet_permutation_spec(model.depth, tuple(model.widths))
-  raise ValueError(f"permutation_spec: no spec for {type(model).__name__} yet (known: MLP, "
-                   "CifarResNet)")
+  if isinstance(model, VGG):
+    return vgg_permutation_spec(model.widths)
+  if isinstance(model, WideResNet):
+    return wrn_permutation_spec(model.depth, model.widen_factor)
+  raise ValueError(f"permutation_spec: no spec for {type(model).__name__} (known: MLP, "
+                   "CNN1D, CifarResNet, VGG, WideResNet)")
 
 
 def _permuted(flat: dict, spec: PermutationSpec, perms: dict[str, np.ndarray],
               skip: str | None = None) -> dict:
   out = {}
   for path, value in flat.items():
+    shape = value.shape
+    value = _view(spec, path, value)
     for axis, name in enumerate(spec.axes.get(path, ())):
       if name is not None and name != skip:
         value = np.take(value, perms[name], axis=axis)
-    out[path] = value
+    out[path] = value.reshape(shape)
   return out
+
+
+def _view(spec: PermutationSpec, path: str, value: np.ndarray) -> np.ndarray:
+  return value.reshape(spec.views[path]) if path in spec.views else value
 
 
 def permutation_align(reference: Any, params: Any, spec: PermutationSpec, *,
@@ -155,7 +242,10 @@ def _find_permutations(reference: Any, params: Any, spec: PermutationSpec, max_i
   if missing:
     raise ValueError(f"permutation_align: the spec names params {missing[:3]} the model lacks")
   groups = spec.perms
-  sizes = {name: flat[path].shape[axis] for name, [(path, axis), *_] in groups.items()}
+  try:
+    sizes = spec.sizes(flat)
+  except ValueError as e:
+    raise ValueError(f"permutation_align: a param does not fit its spec view: {e}") from None
   perms = {name: np.arange(n) for name, n in sizes.items()}
   rng = np.random.default_rng(seed)
   for _ in range(max_iter):
@@ -165,8 +255,8 @@ def _find_permutations(reference: Any, params: Any, spec: PermutationSpec, max_i
       others = _permuted(flat, spec, perms, skip=name)
       cost = np.zeros((n, n))
       for path, axis in groups[name]:
-        a = np.moveaxis(flat_ref[path], axis, 0).reshape(n, -1)
-        b = np.moveaxis(others[path], axis, 0).reshape(n, -1)
+        a = np.moveaxis(_view(spec, path, flat_ref[path]), axis, 0).reshape(n, -1)
+        b = np.moveaxis(_view(spec, path, others[path]), axis, 0).reshape(n, -1)
         cost += a @ b.T
       _, new = linear_sum_assignment(cost, maximize=True)
       old_score = np.trace(cost[:, perms[name]])
