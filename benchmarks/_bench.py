@@ -120,9 +120,10 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def write_outputs(name: str, payload: dict, table: str, out_dir: str = RESULTS_DIR,
-                  plot: Callable | None = None) -> dict:
+                  plot: Callable | None = None, ncols: int = 1) -> dict:
   """Writes ``{name}.json``, ``{name}.md`` (the table) and, given ``plot(ax)``,
-  ``{name}.png``; prints the table. Returns the paths."""
+  ``{name}.png`` (``plot(axes)`` with ``ncols`` panels side by side); prints the table.
+  Returns the paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {"json": os.path.join(out_dir, f"{name}.json"),
            "md": os.path.join(out_dir, f"{name}.md")}
@@ -134,7 +135,7 @@ def write_outputs(name: str, payload: dict, table: str, out_dir: str = RESULTS_D
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(1, ncols, figsize=(8 if ncols == 1 else 5.5 * ncols, 4.5))
     plot(ax)
     fig.tight_layout()
     paths["png"] = os.path.join(out_dir, f"{name}.png")

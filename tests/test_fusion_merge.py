@@ -280,6 +280,33 @@ def test_kdjax_merge_reports_every_method(mlp_members, tmp_path):
     run_merge(config, str(tmp_path / "m2"))
 
 
+def test_kdjax_merge_repairs_batchnorm_members(tmp_path):
+  """Two resnet8 members on digits: every method runs, merged models are scored with
+  repaired statistics, and without repair data the run is refused in one line."""
+  from kdjax.config import load_config
+  from kdjax.programs.merge import run_merge
+  from kdjax.training import train_and_evaluate
+  data = {"name": "digits", "val_size": 100, "kwargs": {"image_shape": (8, 8, 1)}}
+  with jax.enable_x64(False):
+    for seed in (0, 1):
+      train_and_evaluate(load_config("digits/student_resnet8.py", "smoke", {
+          "seed": seed, "num_steps": 30, "progress_bar": False, "data.val_size": 100}),
+          str(tmp_path / f"m{seed}"))
+    config = load_config("merge/mlp5_mnist1d.py", None, {
+        "members": f"{tmp_path / 'm0'},{tmp_path / 'm1'}", "repair_examples": 300})
+    config.data.update(data)
+    report = run_merge(config, str(tmp_path / "merge"))
+    assert report["batch_norm_repaired"]
+    assert set(report["rows"]) == {"member 0", "member 1", *config.methods}
+    for r in report["rows"].values():
+      assert 0 <= r["test"]["accuracy"] <= 1 and np.isfinite(r["test"]["nll"])
+    assert len(report["path"]["aligned"]) == 11
+    assert "re-estimated on 300 training examples" in (tmp_path / "merge" / "report.md").read_text()
+    config.repair_examples = 0
+    with pytest.raises(ValueError, match="BatchNorm members need training data"):
+      run_merge(config, str(tmp_path / "m2"))
+
+
 def _zoo_model(name):
   from kdjax.models import CNN1D, VGG, WideResNet, get_model
   if name == "cnn1d":

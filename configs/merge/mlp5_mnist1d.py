@@ -24,6 +24,7 @@ def get_config(arg: str | None = None):
   c.members = ",".join(f"runs/members/mlp{k}" for k in range(5))
   c.base = ""  # the run the members were fine-tuned from (task-vector methods)
   c.data = ml_collections.ConfigDict({"name": "mnist1d", "val_size": 500, "kwargs": {}})
+  c.repair_examples = 1000  # BatchNorm members: training examples for the statistics repair
   c.methods = ("average", "align_average", "fisher", "regmean")
   if arg == "finetuned":
     c.methods = ("average", "task_arithmetic", "ties", "dare", "model_stock", "fisher",

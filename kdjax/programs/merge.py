@@ -13,6 +13,12 @@ for ``kdjax fuse``). Methods (``config.methods``, :mod:`kdjax.fusion`):
 * with a base: ``task_arithmetic`` (``grid.scale``), ``ties`` (``grid.density`` x
   ``grid.scale``), ``dare`` (the same grid, task-arithmetic combine), ``model_stock``.
 
+BatchNorm members: the methods merge the params (each member's data-aware statistics taken
+with its own running statistics), and the merged network's running statistics are then
+re-estimated on ``config.repair_examples`` training examples
+(:func:`~kdjax.fusion.repair_batch_norm`, REPAIR / "resetting BatchNorm"); the
+interpolation path repairs them at every point.
+
 Writes ``WORKDIR/report.md`` and ``report.json`` (per method: chosen hyperparameters,
 validation and test accuracy and NLL), and ``path.png``: test accuracy along the linear path
 from member 0 to member 1, naive and after alignment (the loss barrier git re-basin removes).
@@ -49,23 +55,27 @@ def _grid(config, method) -> list[dict]:
   return [{}]
 
 
-def _merge(method, hp, *, stacked, base, model, val, seed):
-  apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+def _merge(method, hp, *, stacked, states, base, model, val, seed):
+  """The merged params; ``states[i]``: member i's other collections (``batch_stats``)."""
   members = ensemble.unstack(stacked)
+  applies = [lambda p, x, s=s: model.apply({"params": p, **s}, x) for s in states]
   batches = [{"x": val["x"][i:i + 250], "y": val["y"][i:i + 250]}
              for i in range(0, len(val["x"]), 250)]
   if method == "average":
     return fusion.uniform_soup(stacked)
   if method == "align_average":
     spec = fusion.permutation_spec(model)
-    return fusion.uniform_soup(ensemble.stack(
-        [members[0]] + [fusion.permutation_align(members[0], m, spec) for m in members[1:]]))
+    ref = {"params": members[0], **states[0]}
+    return fusion.uniform_soup(ensemble.stack([members[0]] + [
+        fusion.permutation_align(ref, {"params": m, **s}, spec)["params"]
+        for m, s in zip(members[1:], states[1:])]))
   if method == "fisher":
-    fishers = [fusion.diagonal_fisher(apply, m, batches, key=jax.random.key(seed + i))
+    fishers = [fusion.diagonal_fisher(applies[i], m, batches, key=jax.random.key(seed + i))
                for i, m in enumerate(members)]
     return fusion.fisher_merge(stacked, ensemble.stack(fishers))
   if method == "regmean":
-    grams = ensemble.stack([fusion.input_grams(apply, m, batches) for m in members])
+    grams = ensemble.stack([fusion.input_grams(applies[i], m, batches)
+                            for i, m in enumerate(members)])
     return fusion.regmean(stacked, grams, **hp)
   if method == "task_arithmetic":
     return fusion.task_arithmetic(base, stacked, **hp)
@@ -96,10 +106,20 @@ def run_merge(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     raise ValueError("kdjax merge: weight-space merging needs members of one architecture; got "
                      f"{len(groups)} architectures")
   group = groups[0]
-  if set(group.variables) != {"params"}:
-    raise ValueError("kdjax merge: members with model state (BatchNorm statistics) need a "
-                     "statistics repair after merging, not supported yet")
   model, stacked = group.model, group.params
+  state = {c: v for c, v in group.variables.items() if c != "params"}
+  states = ensemble.unstack(state) if state else [{}] * group.size
+  repair = None
+  if state:
+    n = int(config.get("repair_examples", 0))
+    if n <= 0:
+      raise ValueError("kdjax merge: BatchNorm members need training data to repair the merged "
+                       "model's statistics: set config.repair_examples > 0")
+    train_x = np.asarray(splits["train"]["x"][:n])
+    repair_batches = [{"x": train_x[i:i + 250]} for i in range(0, len(train_x), 250)]
+    mean_state = jax.tree.map(lambda a: jnp.mean(a, 0), state)
+    repair = lambda p: fusion.repair_batch_norm(  # noqa: E731
+        model, {"params": p, **mean_state}, repair_batches)
   base = None
   if config.base:
     base_model, base_vars, _ = load_run(config.base)
@@ -110,28 +130,35 @@ def run_merge(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   val, test = splits["val"], splits["test"]
   predict = jax.jit(eval_logits(model))
 
-  def scores(params, split):
-    logits = predict({"params": params}, jnp.asarray(split["x"]))
+  def scores(params, split, variables=None):
+    if variables is None:
+      variables = {"params": params} if repair is None else repair(params)
+    logits = predict(variables, jnp.asarray(split["x"]))
     return {"accuracy": float(metrics.accuracy(logits, split["y"])),
             "nll": float(metrics.nll(logits, split["y"]))}
 
-  rows = {f"member {i}": {"hyper": {}, "val": scores(p, val), "test": scores(p, test)}
-          for i, p in enumerate(ensemble.unstack(stacked))}
+  rows = {}
+  for i, (p, s) in enumerate(zip(ensemble.unstack(stacked), states)):
+    v = {"params": p, **s}  # a member keeps its own statistics
+    rows[f"member {i}"] = {"hyper": {}, "val": scores(p, val, v), "test": scores(p, test, v)}
   for method in config.methods:
-    tried = [(hp, _merge(method, hp, stacked=stacked, base=base, model=model, val=val,
-                         seed=config.seed)) for hp in _grid(config, method)]
+    tried = [(hp, _merge(method, hp, stacked=stacked, states=states, base=base, model=model,
+                         val=val, seed=config.seed)) for hp in _grid(config, method)]
     tried = [(hp, p, scores(p, val)) for hp, p in tried]
     hp, params, val_scores = max(tried, key=lambda t: t[2]["accuracy"])
     rows[method] = {"hyper": hp, "val": val_scores, "test": scores(params, test)}
-  path = _interpolation_path(model, stacked, test, scores) if group.size >= 2 else None
+  path = (_interpolation_path(model, stacked, states, test, scores) if group.size >= 2
+          else None)
   out = pathlib.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
   report = {"members": list(group.workdirs), "base": config.base or None, "rows": rows,
-            "path": path}
+            "path": path, "batch_norm_repaired": repair is not None}
   (out / "report.json").write_text(json.dumps(report, indent=1))
   lines = [f"# kdjax merge: {group.size} members\n",
            f"Hyperparameters chosen on {len(val['y'])} validation examples (accuracy); test: "
-           f"{len(test['y'])} examples.\n",
+           f"{len(test['y'])} examples."
+           + (" BatchNorm statistics of every merged model re-estimated on "
+              f"{config.repair_examples} training examples.\n" if repair is not None else "\n"),
            "| model | chosen | val accuracy | test accuracy | test NLL |", "|---|---|---|---|---|"]
   lines += [f"| {k} | {r['hyper'] or '-'} | {r['val']['accuracy']:.3f} | "
             f"{r['test']['accuracy']:.3f} | {r['test']['nll']:.3f} |" for k, r in rows.items()]
@@ -141,7 +168,7 @@ def run_merge(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   return report
 
 
-def _interpolation_path(model, stacked, test, scores) -> dict | None:
+def _interpolation_path(model, stacked, states, test, scores) -> dict | None:
   members = ensemble.unstack(stacked)
   a, b = members[0], members[1]
   alphas = np.linspace(0, 1, 11)
@@ -149,7 +176,8 @@ def _interpolation_path(model, stacked, test, scores) -> dict | None:
   out = {"alpha": alphas.tolist(), "naive": [scores(lerp(a, b, t), test)["accuracy"]
                                              for t in alphas]}
   try:
-    aligned = fusion.permutation_align(a, b, fusion.permutation_spec(model))
+    aligned = fusion.permutation_align({"params": a, **states[0]}, {"params": b, **states[1]},
+                                       fusion.permutation_spec(model))["params"]
   except ValueError:
     return out
   out["aligned"] = [scores(lerp(a, aligned, t), test)["accuracy"] for t in alphas]
