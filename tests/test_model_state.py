@@ -198,6 +198,17 @@ def test_fuse_evaluates_batchnorm_members_and_soups_with_their_running_statistic
   for row in ("member 0 (held_out)", "member 1 (held_out)", "uniform soup (CifarResNet x2)"):
     got = report["test"][row]
     np.testing.assert_allclose([got["accuracy"], got["nll"]], want, rtol=1e-4, err_msg=row)
+  # With repair: the soup's statistics are those of the training data (repair_batch_norm).
+  config.repair_examples = 200
+  report = run_fuse(config, str(tmp_path / "fuse_repaired"))
+  train = load_dataset("digits", image_shape=(8, 8, 1), val_size=300)["train"]
+  from kdjax import fusion
+  repaired = fusion.repair_batch_norm(model, variables, [{"x": train["x"][:200]}])
+  logits = jax.jit(model.apply)(repaired, jnp.asarray(test["x"]))
+  got = report["test"]["uniform soup (CifarResNet x2, BN repaired)"]
+  np.testing.assert_allclose([got["accuracy"], got["nll"]], [
+      float(metrics.accuracy(logits, test["y"])), float(metrics.nll(logits, test["y"]))],
+      rtol=1e-4)
 
 
 def test_a_teacher_initialised_student_starts_from_the_teachers_running_statistics():

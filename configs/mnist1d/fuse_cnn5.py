@@ -26,5 +26,7 @@ def get_config(arg: str | None = None):
   c.space = "prob"                 # fusion space of weighted / fitted / deep fusion
   c.fixed_weights = ()             # optional fixed weights to report, length M
   c.fit_temperature = False
+  c.repair_examples = 0            # > 0: soups of BatchNorm members re-estimate the statistics
+                                   # on this many training examples (else: averaged)
   c.deep = ml_collections.ConfigDict({"folds": 5, "hidden": (), "steps": 300})
   return c

@@ -5,7 +5,9 @@ validation split (carved from the training data, ``config.data.val_size``) and t
 split, fits the learned combiners on validation only, and reports on test:
 every member; average fusion in the three spaces; fixed weights; weights fitted by NLL
 and by random search; deep fusion (cross-fitted); the uniform and greedy soups of each
-architecture group. Writes ``WORKDIR/report.md``, ``WORKDIR/report.json`` and a
+architecture group (soups of BatchNorm members average the running statistics; with
+``config.repair_examples > 0`` they are re-estimated on that many training examples,
+:func:`kdjax.fusion.repair_batch_norm`). Writes ``WORKDIR/report.md``, ``WORKDIR/report.json`` and a
 reliability diagram PNG (``reliability.png``) of the best fused predictor (the report's
 ``best``: lowest test NLL among the fused predictors, first listed on ties; calibration is
 what the diagram shows, and NLL is the score that rewards it), with its bins' counts.
@@ -134,18 +136,26 @@ def run_fuse(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   predictions["deep fusion"] = deep.predict(test_logits)
 
   soups = {}
+  repair_n = int(config.get("repair_examples", 0))
+  repair_x = np.asarray(splits["train"]["x"][:repair_n])
   for group in groups:
     if group.size < 2:
       continue
     arch = type(group.model).__name__
-    # Soups average every variable: params and the BatchNorm running statistics.
+    # Soups average every variable: params and the BatchNorm running statistics; with
+    # config.repair_examples > 0 the statistics are then re-estimated on training data.
     apply = jax.jit(eval_logits(group.model))
-    predictions[f"uniform soup ({arch} x{group.size})"] = apply(
-        fusion.uniform_soup(group.variables), test["x"])
+    fix, suffix = (lambda v: v), ""
+    if repair_n > 0 and "batch_stats" in group.variables:
+      batches = [{"x": repair_x[i:i + 250]} for i in range(0, len(repair_x), 250)]
+      fix = lambda v, m=group.model, b=batches: fusion.repair_batch_norm(m, v, b)  # noqa: E731
+      suffix = ", BN repaired"
+    predictions[f"uniform soup ({arch} x{group.size}{suffix})"] = apply(
+        fix(fusion.uniform_soup(group.variables)), test["x"])
     greedy = fusion.greedy_soup(
-        group.variables, lambda v: metrics.accuracy(apply(v, val["x"]), val["y"]))
-    predictions[f"greedy soup ({arch}, {len(greedy.indices)} of {group.size})"] = apply(
-        greedy.params, test["x"])
+        group.variables, lambda v: metrics.accuracy(apply(fix(v), val["x"]), val["y"]))
+    predictions[f"greedy soup ({arch}, {len(greedy.indices)} of {group.size}{suffix})"] = apply(
+        fix(greedy.params), test["x"])
     # Soup indices count within the group; map them to the user's member numbers.
     soups[arch] = {"greedy_members": [int(group.indices[i]) for i in greedy.indices],
                    "greedy_val_accuracy": float(greedy.score)}
