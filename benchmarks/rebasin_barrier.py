@@ -9,7 +9,8 @@ Studies (each pair trains the config with seeds 2i and 2i + 1):
 * ``cnn``: configs/mnist1d/teacher_cnn.py (CNN1D 25-25-25, 6,000 steps), MNIST-1D test split;
 * ``resnet8_digits``: configs/digits/student_resnet8.py (resnet8 with BatchNorm, 200 steps),
   digits test split. The path interpolates params and running statistics alike (as a soup
-  does); "aligned + REPAIR" re-estimates the statistics at each alpha on the training split.
+  does); "+ REPAIR" re-estimates the statistics at each alpha on the training split (REPAIR's
+  BatchNorm case, "resetting BatchNorm").
 At alpha = 0, 0.1, ..., 1: accuracy and NLL of (1 - alpha) theta_A + alpha theta_B (naive)
 and of (1 - alpha) theta_A + alpha pi(theta_B) (aligned). Barrier = max over 0 < alpha < 1 of
 NLL(alpha) - ((1 - alpha) NLL(0) + alpha NLL(1)) (negative: the path lies below the chord).
@@ -37,7 +38,8 @@ STUDIES = {  # name: (config, description, dataset)
     "cnn": ("mnist1d/teacher_cnn.py", "MNIST-1D CNN1D 25-25-25", "mnist1d"),
     "resnet8_digits": ("digits/student_resnet8.py", "digits 8x8 resnet8 (BatchNorm)", "digits"),
 }
-COLORS = {"naive": "tab:red", "aligned": "tab:blue", "aligned + REPAIR": "tab:green"}
+COLORS = {"naive": "tab:red", "aligned": "tab:blue", "naive + REPAIR": "tab:orange",
+          "aligned + REPAIR": "tab:green"}
 
 
 def path_scores(model, a, b, x, y, repair_batches=None):
@@ -84,6 +86,7 @@ def run_study(name, pairs, workdir, steps=None):
     row = {"seeds": [2 * i, 2 * i + 1], "naive": path_scores(model, va, vb, x, y),
            "aligned": path_scores(model, va, aligned, x, y)}
     if "batch_stats" in va:
+      row["naive + REPAIR"] = path_scores(model, va, vb, x, y, repair_batches)
       row["aligned + REPAIR"] = path_scores(model, va, aligned, x, y, repair_batches)
     results.append(row)
     print(name, f"pair {i}:", {k: (round(v["barrier_nll"], 3), round(v["midpoint_accuracy"], 3))
