@@ -8,6 +8,9 @@ from kdjax.models._cnn1d import Conv1D as Conv1D
 from kdjax.models._cnn1d import conv1d_im2col as conv1d_im2col
 from kdjax.models._decoder import Decoder as Decoder
 from kdjax.models._decoder import decoder_sharding_rules as decoder_sharding_rules
+from kdjax.models._sampler import Samples as Samples
+from kdjax.models._sampler import filter_logits as filter_logits
+from kdjax.models._sampler import sample as sample
 from kdjax.models._mlp import MLP as MLP
 from kdjax.models._mobilenetv2 import MobileNetV2 as MobileNetV2
 from kdjax.models._resnet_cifar import CifarResNet as CifarResNet

@@ -131,7 +131,10 @@ class Attention(nn.Module):
   softcap: float = 0.0
 
   @nn.compact
-  def __call__(self, x, positions, allowed, inv_freq):
+  def __call__(self, x, positions, allowed, inv_freq, kv=None, index=None):
+    """``kv``: this layer's cache ``{"k", "v": [B, S, K, d]}``; the new keys and values
+    are written at slots ``index ... index + T - 1`` and the queries attend over all ``S``
+    slots (``allowed [B, T, S]``); returns ``(out, new kv)`` then."""
     b, t, width = x.shape
     h, k, d = self.num_heads, self.num_kv_heads, self.head_dim
     dense = lambda n, name, bias: nn.Dense(n, use_bias=bias, name=name)  # noqa: E731
@@ -142,6 +145,11 @@ class Attention(nn.Module):
       q = RMSNorm(self.norm_eps, self.norm_plus_one, name="q_norm")(q)
       key = RMSNorm(self.norm_eps, self.norm_plus_one, name="k_norm")(key)
     q, key = apply_rope(q, positions, inv_freq), apply_rope(key, positions, inv_freq)
+    if kv is not None:
+      start = (0, index, 0, 0)
+      kv = {"k": jax.lax.dynamic_update_slice(kv["k"], key.astype(kv["k"].dtype), start),
+            "v": jax.lax.dynamic_update_slice(kv["v"], value.astype(kv["v"].dtype), start)}
+      key, value = kv["k"].astype(key.dtype), kv["v"].astype(value.dtype)
     q = q.reshape(b, t, k, h // k, d)  # [B, T, K, G, d]: G query heads per key/value head
     scores = jnp.einsum("btkgd,bskd->bkgts", q, key).astype(jnp.float32)
     scores = scores * (self.scale or d ** -0.5)
@@ -150,7 +158,8 @@ class Attention(nn.Module):
     scores = jnp.where(allowed[:, None, None], scores, _MASKED)  # allowed: [B, T, S]
     weights = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", weights, value).reshape(b, t, h * d)
-    return nn.Dense(width, use_bias=self.out_bias, name="o_proj")(out)
+    out = nn.Dense(width, use_bias=self.out_bias, name="o_proj")(out)
+    return out if kv is None else (out, kv)
 
 
 class MLP(nn.Module):
@@ -242,10 +251,32 @@ class Decoder(nn.Module):
       return params["lm_head"]["kernel"]
     return params["embed"]["embedding"].T
 
+  def init_cache(self, batch: int, length: int, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """An empty key/value cache for ``length`` slots: ``{"index": 0, "valid": [B, S] bool,
+    "layer_i": {"k", "v": [B, S, K, d]}}`` (see :meth:`__call__`'s ``cache``)."""
+    shape = (batch, length, self.num_kv_heads, self.dims)
+    cache: dict[str, Any] = {"index": jnp.zeros((), jnp.int32),
+                             "valid": jnp.zeros((batch, length), bool)}
+    for i in range(self.num_layers):
+      cache[f"layer_{i}"] = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    return cache
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
-               attention_mask: jax.Array | None = None) -> jax.Array:
+               attention_mask: jax.Array | None = None, cache: dict[str, Any] | None = None,
+               positions: jax.Array | None = None) -> Any:
+    """Logits ``[B, T, V]``; with a ``cache`` (:meth:`init_cache`) ``(logits, new cache)``.
+
+    With a cache (incremental decoding, :func:`kdjax.models.sample`): ``x`` are the next
+    ``T`` tokens of every row (a prompt's prefill, or one sampled token), written at cache
+    slots ``index ... index + T - 1``; ``attention_mask [B, T]`` marks which of them are
+    real (left padding: 0), ``positions [B, T]`` their RoPE positions (default: the slots).
+    A query at slot ``q`` sees the valid slots ``s <= q`` (and ``q - s < sliding_window``
+    in sliding layers).
+    """
     del train  # no dropout
+    if cache is not None:
+      return self._decode(x, attention_mask, cache, positions)
     if x.ndim == 3:  # packed rows: tokens, segment ids
       if attention_mask is not None:
         raise ValueError("Decoder: packed rows [B, 2, T] carry their own mask (segment id 0); "
@@ -267,9 +298,32 @@ class Decoder(nn.Module):
     distance = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]  # q - k
     causal = (distance >= 0)[None] & same
     local = causal & (distance < max(self.sliding_window, 1))[None]
+    return self._layers(tokens, positions, causal, local)[0]
 
+  def _decode(self, tokens, attention_mask, cache, positions):
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(f"Decoder: with a cache, tokens must be integer [B, T], got "
+                       f"{tokens.dtype} {tokens.shape}")
+    b, t = tokens.shape
+    index = cache["index"]
+    slots = cache["valid"].shape[1]
+    if positions is None:
+      positions = jnp.broadcast_to(index + jnp.arange(t), (b, t))
+    new = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask) > 0
+    valid = jax.lax.dynamic_update_slice(cache["valid"], new, (0, index))
+    distance = (index + jnp.arange(t))[:, None] - jnp.arange(slots)[None, :]  # q - k slots
+    causal = (distance >= 0)[None] & valid[:, None, :]
+    local = causal & (distance < max(self.sliding_window, 1))[None]
+    kvs = [cache[f"layer_{i}"] for i in range(self.num_layers)]
+    logits, kvs = self._layers(tokens, positions, causal, local, kvs, index)
+    new_cache = {"index": index + t, "valid": valid,
+                 **{f"layer_{i}": kv for i, kv in enumerate(kvs)}}
+    return logits, new_cache
+
+  def _layers(self, tokens, positions, causal, local, kvs=None, index=None):
     embed = nn.Embed(self.num_classes, self.width, name="embed")
     h = embed(tokens)
+    new_kvs = []
     if self.embed_scale:
       h = h * jnp.asarray(self.width ** 0.5, h.dtype)
     norm = lambda name: RMSNorm(self.norm_eps, self.norm_plus_one, name=name)  # noqa: E731
@@ -279,7 +333,11 @@ class Decoder(nn.Module):
                        norm_plus_one=self.norm_plus_one, scale=self.attn_scale,
                        softcap=self.attn_softcap, name=f"layer_{i}_attn")
       a = attn(norm(f"layer_{i}_input_norm")(h), positions,
-               local if layer_type == "sliding" else causal, self._inv_freq(layer_type))
+               local if layer_type == "sliding" else causal, self._inv_freq(layer_type),
+               None if kvs is None else kvs[i], index)
+      if kvs is not None:
+        a, kv = a
+        new_kvs.append(kv)
       h = h + (norm(f"layer_{i}_post_attn_norm")(a) if self.sandwich_norm else a)
       m = MLP(self.mlp_width, self.activation, self.mlp_bias, name=f"layer_{i}_mlp")(
           norm(f"layer_{i}_pre_mlp_norm")(h))
@@ -292,7 +350,7 @@ class Decoder(nn.Module):
       logits = nn.Dense(self.num_classes, use_bias=False, name="lm_head")(h)
     if self.final_softcap:
       logits = self.final_softcap * jnp.tanh(logits / self.final_softcap)
-    return logits
+    return logits, new_kvs
 
 
 def decoder_sharding_rules(fsdp: str = "data", tensor: str = "model") -> tuple:
