@@ -217,9 +217,19 @@ def _drop_closed_loop_callbacks(previous):
   return hook
 
 
+def _drop_unretrieved_task_errors(record) -> bool:
+  """A ``logging`` filter for the ``asyncio`` logger: the futures of an orbax restore that
+  failed (a damaged checkpoint, already reported as one warning line) are garbage-collected
+  with their exception unread, and asyncio logs each as "Task exception was never
+  retrieved" with a traceback. kdjax runs no asyncio code of its own."""
+  return not str(record.msg).startswith("Task exception was never retrieved")
+
+
 def run(argv: list[str] | None = None) -> None:
   """Console-script entry point."""
+  import logging as std_logging
   sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+  std_logging.getLogger("asyncio").addFilter(_drop_unretrieved_task_errors)
   argv = list(sys.argv if argv is None else argv)
   command_name = argv[1] if len(argv) > 1 else ""
   warnings.formatwarning = lambda message, category, *_: (  # one line a warning

@@ -167,3 +167,12 @@ def test_damaged_teacher_checkpoints_are_a_few_lines_ending_with_the_error(teach
   warned = [l for l in lines if l.startswith("kdjax train: warning: DamagedCheckpointWarning: "
                                              "checkpoint step ")]
   assert len(warned) == len(steps) and len(lines) <= 2 * len(steps) + 1, result.stderr
+
+
+def test_unretrieved_asyncio_task_errors_are_dropped_and_other_asyncio_records_kept():
+  """orbax's failed-restore futures, collected unread, are not logged by the CLI."""
+  import logging as std_logging
+  record = lambda msg: std_logging.LogRecord("asyncio", std_logging.ERROR, "x", 1, msg,  # noqa: E731
+                                             None, None)
+  assert not main._drop_unretrieved_task_errors(record("Task exception was never retrieved"))
+  assert main._drop_unretrieved_task_errors(record("Executing <Task> took 0.2 seconds"))
