@@ -85,16 +85,12 @@ def fisher_merge(stacked_params: Any, stacked_fishers: Any, *, eps: float = 1e-8
 def _unfolded(module: nn.Module, x: jax.Array) -> jax.Array | None:
   """``[N, d_in]``: the inputs of ``module``'s matmul (a dense layer's inputs; a
   convolution's receptive fields in its kernel's order), or ``None`` for other modules."""
-  from kdjax.models._cnn1d import Conv1D
+  from kdjax.models._cnn1d import Conv1D, im2col_1d
   if isinstance(module, nn.Dense):
     return x.reshape(-1, x.shape[-1])
   if isinstance(module, Conv1D):  # kdjax's [B, L, C] convolution, kernel [k, C_in, C_out]
-    k, s, pad = module.kernel_size, module.stride, module.padding
-    x = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
-    length = (x.shape[1] - k) // s + 1
-    span = s * (length - 1) + 1
-    return jnp.stack([x[:, j:j + span:s, :] for j in range(k)], axis=2).reshape(
-        -1, k * x.shape[-1])
+    patches = im2col_1d(x, module.kernel_size, stride=module.stride, padding=module.padding)
+    return patches.reshape(-1, patches.shape[-1])
   if (isinstance(module, nn.Conv) and module.feature_group_count == 1
       and module.padding not in ("CIRCULAR", "CAUSAL", "REFLECT")):
     size = module.kernel_size

@@ -7,6 +7,19 @@ import jax
 import jax.numpy as jnp
 
 
+def im2col_1d(x: jax.Array, kernel_size: int, *, stride: int, padding: int) -> jax.Array:
+  """``[B, L, C] -> [B, L_out, k * C]``: each output position's window of ``k`` inputs
+  (zero-padded by ``padding`` on both ends), flattened in the ``[k, C]`` order of a
+  ``[k, C_in, C_out]`` kernel."""
+  k = kernel_size
+  x = jnp.pad(x, ((0, 0), (padding, padding), (0, 0)))
+  length_out = (x.shape[1] - k) // stride + 1
+  span = stride * (length_out - 1) + 1
+  # [B, L_out, k, C_in]: window j of every output position, gathered with strided slices.
+  patches = jnp.stack([x[:, j:j + span:stride, :] for j in range(k)], axis=2)
+  return patches.reshape(x.shape[0], length_out, k * x.shape[-1])
+
+
 def conv1d_im2col(x: jax.Array, kernel: jax.Array, *, stride: int, padding: int) -> jax.Array:
   """1-D convolution as strided slices + one matmul (im2col).
 
@@ -29,12 +42,7 @@ def conv1d_im2col(x: jax.Array, kernel: jax.Array, *, stride: int, padding: int)
   k, c_in, c_out = kernel.shape
   if x.ndim != 3 or x.shape[-1] != c_in:
     raise ValueError(f"conv1d_im2col: x must be [B, L, {c_in}], got shape {x.shape}")
-  x = jnp.pad(x, ((0, 0), (padding, padding), (0, 0)))
-  length_out = (x.shape[1] - k) // stride + 1
-  span = stride * (length_out - 1) + 1
-  # [B, L_out, k, C_in]: window j of every output position, gathered with strided slices.
-  patches = jnp.stack([x[:, j:j + span:stride, :] for j in range(k)], axis=2)
-  patches = patches.reshape(x.shape[0], length_out, k * c_in)
+  patches = im2col_1d(x, k, stride=stride, padding=padding)
   return patches @ kernel.reshape(k * c_in, c_out).astype(patches.dtype)
 
 
