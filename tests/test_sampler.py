@@ -136,3 +136,11 @@ def test_a_sample_is_a_function_of_its_key():
              for k in (0, 0, 1))
   np.testing.assert_array_equal(a.tokens, b.tokens)
   assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_positions_without_a_cache_is_a_one_line_error():
+  model = tiny()
+  variables = init(model)
+  tokens = jnp.ones((1, 3), jnp.int32)
+  with pytest.raises(ValueError, match="positions= is for incremental decoding"):
+    model.apply(variables, tokens, positions=jnp.zeros((1, 3), jnp.int32))

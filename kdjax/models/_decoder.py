@@ -270,13 +270,17 @@ class Decoder(nn.Module):
     With a cache (incremental decoding, :func:`kdjax.models.sample`): ``x`` are the next
     ``T`` tokens of every row (a prompt's prefill, or one sampled token), written at cache
     slots ``index ... index + T - 1``; ``attention_mask [B, T]`` marks which of them are
-    real (left padding: 0), ``positions [B, T]`` their RoPE positions (default: the slots).
+    real (left padding: 0), ``positions [B, T]`` their RoPE positions (default: the slots;
+    without a cache, ``0 .. T-1``, or each document's own in packed rows).
     A query at slot ``q`` sees the valid slots ``s <= q`` (and ``q - s < sliding_window``
     in sliding layers).
     """
     del train  # no dropout
     if cache is not None:
       return self._decode(x, attention_mask, cache, positions)
+    if positions is not None:
+      raise ValueError("Decoder: positions= is for incremental decoding (with cache=); a full "
+                       "forward numbers tokens 0..T-1 (packed rows: per document)")
     if x.ndim == 3:  # packed rows: tokens, segment ids
       if attention_mask is not None:
         raise ValueError("Decoder: packed rows [B, 2, T] carry their own mask (segment id 0); "
