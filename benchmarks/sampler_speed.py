@@ -8,7 +8,8 @@ A Llama-layout decoder (random weights; 4 layers, width 256, 8 heads / 4 key-val
 MLP 1,024, vocabulary 512), prompts of 32 tokens, greedy decoding (every method emits the
 same number of tokens; no row stops). The no-cache loop runs one jitted forward of a fixed
 ``[B, P + N]`` buffer per new token (one compile; causal attention makes the unwritten
-slots irrelevant). Tokens/s = B * N / median seconds; compiles excluded (a warm-up run).
+slots irrelevant). The methods run in turn, ``--reps`` rounds (``_bench.interleaved``);
+tokens/s = B * N / median seconds; compiles excluded (a warm-up run of each).
 Writes benchmarks/results/sampler_speed.json / .md.
 """
 
@@ -16,7 +17,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,16 +26,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _bench  # noqa: E402
 
 from kdjax import convert, models  # noqa: E402
-
-
-def median_seconds(fn, reps):
-  jax.block_until_ready(fn())  # compile / warm up
-  out = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    out.append(time.perf_counter() - t0)
-  return float(np.median(out)), float(np.min(out)), float(np.max(out))
 
 
 def main(argv=None):
@@ -65,13 +55,11 @@ def main(argv=None):
       buf = buf.at[:, p + i].set(jnp.argmax(logits[:, p + i - 1], -1).astype(jnp.int32))
     return buf
 
-  results, rows = {}, []
-  sec = median_seconds(cached, args.reps)
-  results["kdjax sample (cache)"] = sec
-  ref = np.asarray(cached())
-  loop_reps = 1
-  results["loop of full forwards (no cache)"] = median_seconds(no_cache, loop_reps)
-  same = bool(np.array_equal(np.asarray(no_cache()), ref))
+  blocks = {"kdjax sample (cache)": lambda: np.asarray(cached()),
+            "loop of full forwards (no cache)": lambda: np.asarray(no_cache())}
+  ref = np.asarray(cached())  # also the warm-up (compiles) of both
+  same_as_loop = bool(np.array_equal(np.asarray(no_cache()), ref))
+  extra = {"no_cache_tokens_equal": same_as_loop}
   if not args.no_torch:
     import torch
     import transformers
@@ -87,29 +75,24 @@ def main(argv=None):
                            min_new_tokens=n, do_sample=False, use_cache=True,
                            pad_token_id=0).numpy()
 
-    generate()
-    times = []
-    for _ in range(args.reps):
-      t0 = time.perf_counter()
-      out = generate()
-      times.append(time.perf_counter() - t0)
-    results["transformers generate (PyTorch, cache)"] = (
-        float(np.median(times)), float(min(times)), float(max(times)))
-    results["torch tokens equal kdjax's (first 16 new)"] = bool(
-        np.array_equal(out[:, p:p + 16], ref[:, p:p + 16]))
-  base = results["kdjax sample (cache)"][0]
-  for name, v in results.items():
-    if isinstance(v, tuple):
-      rows.append([name, f"{v[0]:.2f} ({v[1]:.2f}-{v[2]:.2f})", f"{b * n / v[0]:,.0f}",
-                   f"{v[0] / base:.2f}"])
+    blocks["transformers generate (PyTorch, cache)"] = generate
+    extra["torch_tokens_equal_first_16"] = bool(
+        np.array_equal(generate()[:, p:p + 16], ref[:, p:p + 16]))
+  timing = _bench.interleaved(blocks, args.reps)
+  spreads = {k: _bench.spread(v) for k, v in timing["seconds"].items()}
+  base = spreads["kdjax sample (cache)"]["median"]
+  rows = [[k, f"{v['median']:.2f} ({v['p25']:.2f}-{v['p75']:.2f})",
+           f"{b * n / v['median']:,.0f}", f"{v['median'] / base:.2f}"]
+          for k, v in spreads.items()]
+  same = same_as_loop
   meta = _bench.machine_meta(batch=b, prompt=p, new_tokens=n, reps=args.reps)
   table = (f"Greedy decoding, batch {b}, prompt {p}, {n} new tokens, Llama-layout decoder "
            f"4 x 256 (vocabulary 512); no-cache loop gives the same tokens: {same}; "
            f"{_bench.meta_line(meta)}\n\n" + _bench.markdown_table(
-               ["method", "seconds, median (min-max)", "tokens/s",
+               ["method", "seconds, median (p25-p75)", "tokens/s",
                 "time / kdjax sample"], rows))
-  _bench.write_outputs("sampler_speed", {"meta": meta, "results": results,
-                                         "no_cache_tokens_equal": same}, table)
+  _bench.write_outputs("sampler_speed", {"meta": meta, "timing": timing, "seconds": spreads,
+                                         **extra}, table)
 
 
 if __name__ == "__main__":
